@@ -1,0 +1,121 @@
+"""The Backend contract: every runtime family plugs in here.
+
+A backend turns a model source (ONNX file, plus the torch builder when there is one) and a
+compile spec into a `Compiled` object whose `run` returns host arrays after the device is done.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+Arrays = dict[str, np.ndarray]
+
+
+class Unsupported(Exception):
+    """This backend cannot run this model or configuration (a reason, not a crash)."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a backend may compile: the ONNX file always, the torch model when it is ours."""
+
+    name: str
+    onnx_path: Path
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    build_torch: Callable[[], Any] | None = None  # returns an eval-mode torch.nn.Module
+
+    def onnx_bytes(self) -> int:
+        return self.onnx_path.stat().st_size
+
+
+@dataclass(frozen=True)
+class CompileSpec:
+    precision: str = "fp32"
+    batch: int = 1
+    target: str | None = None  # backend-specific override (e.g. a TVM target JSON)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    tuning_db: Path | None = None  # MetaSchedule database directory
+    threads: int | None = None
+    reference_outputs: Arrays | None = None  # what the null backend hands back
+    calibration: Callable[[], list[Arrays]] | None = None  # batches for static quantization
+
+
+@dataclass
+class Compiled:
+    """A model ready to run. `run` blocks until outputs are on the host."""
+
+    run: Callable[[Arrays], Arrays]
+    compile_s: float
+    artifact_bytes: int | None = None
+    target: str = ""
+    pipeline: str = ""
+    tuning_db: str | None = None  # description/hash of the tuning records used, None = untuned
+    details: dict[str, Any] = field(default_factory=dict)  # threads, providers, op coverage...
+    close: Callable[[], None] | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    description: str
+    precisions: tuple[str, ...]
+
+    def available(self) -> tuple[bool, str]:
+        """Cheap check (no heavy imports): can this backend run here, and if not, why not."""
+
+    def versions(self) -> dict[str, str]:
+        """Library versions that determine this backend's results."""
+
+    def compile(self, source: ModelSource, spec: CompileSpec) -> Compiled: ...
+
+
+_REGISTRY: dict[str, Callable[[], Backend]] = {}
+_BUILTIN_MODULES = ("ort", "tvm", "torch_backends", "null")
+_loaded = False
+
+
+def register(name: str):
+    """Class decorator: make a backend known by `name`."""
+
+    def deco(cls):
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(f"chipbench.backends.{mod}")
+    for ep in importlib.metadata.entry_points(group="chipbench.backends"):
+        ep.load()  # the module registers itself through @register
+    # Local, unpackaged backends: a comma-separated list of importable modules.
+    for mod in filter(None, os.environ.get("CHIPBENCH_BACKEND_MODULES", "").split(",")):
+        importlib.import_module(mod.strip())
+
+
+def backend_names() -> list[str]:
+    _load_all()
+    return list(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    _load_all()
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise KeyError(f"unknown backend '{name}' (known: {', '.join(_REGISTRY)})") from None
