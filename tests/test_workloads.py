@@ -1,0 +1,114 @@
+"""Workload catalogue: registration, seeded inputs, ONNX export (legacy exporter, opset 17,
+dynamic batch) matching torch through onnxruntime. Small variants keep this fast."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from chipbench.workloads.base import get_workload, workload_names
+
+# name -> field overrides giving a small, fast variant (untrained: fidelity of the graph only)
+SMALL = {
+    "defect-cnn": dict(image_size=64, width=8, blocks=(1, 1, 1, 1)),
+    "vibration-cnn1d": dict(window=512, width=8, train=False),
+    "sensor-transformer": dict(steps=16, channels=8, d_model=32, layers=2, heads=4, train=False),
+}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CHIPBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def test_catalogue_registered_and_described():
+    names = workload_names()
+    for n in SMALL:
+        assert n in names
+    for n in names:
+        w = get_workload(n)
+        d = w.describe()
+        assert d["scenario"] and type(w).__doc__
+        assert w.input_names and w.output_names
+        if w.task_metric is not None:
+            assert isinstance(w.higher_is_better, bool)
+
+
+def test_listing_imports_no_torch():
+    code = ("import sys; from chipbench.workloads.base import workload_names, get_workload;"
+            "[get_workload(n).describe() for n in workload_names()];"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_unknown_workload():
+    with pytest.raises(KeyError, match="unknown workload"):
+        get_workload("no-such-workload")
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_make_inputs_seeded(name):
+    w = get_workload(name, **SMALL[name])
+    a, b, c = w.make_inputs(3, 0), w.make_inputs(3, 0), w.make_inputs(3, 1)
+    assert set(a) == set(w.input_names)
+    for k in a:
+        assert a[k].shape[0] == 3
+        assert a[k].dtype in (np.float32, np.int64)
+        np.testing.assert_array_equal(a[k], b[k])
+        assert np.isfinite(a[k]).all() if a[k].dtype == np.float32 else True
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+
+
+def export_onnx(w, model, inputs) -> bytes:
+    import torch
+
+    f = io.BytesIO()
+    args = tuple(torch.from_numpy(inputs[n]) for n in w.input_names)
+    torch.onnx.export(model, args, f, dynamo=False, opset_version=17,
+                      input_names=list(w.input_names), output_names=list(w.output_names),
+                      dynamic_axes=w.dynamic_axes())
+    return f.getvalue()
+
+
+def torch_outputs(w, model, inputs) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        out = model(*[torch.from_numpy(inputs[n]) for n in w.input_names])
+    out = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.numpy() for o in out]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name", list(SMALL))
+def test_onnx_export_matches_torch(name):
+    import onnxruntime as ort
+
+    w = get_workload(name, **SMALL[name])
+    model = w.build()
+    assert not model.training
+    onnx_bytes = export_onnx(w, model, w.make_inputs(2, 0))
+    x = w.make_inputs(3, 1)  # another batch size: the batch axis is dynamic
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == list(w.input_names)
+    got = sess.run(list(w.output_names), x)
+    ref = torch_outputs(w, model, x)
+    assert len(got) == len(ref) == len(w.output_names)
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape
+        rel = np.linalg.norm(g - r) / max(np.linalg.norm(r), 1e-12)
+        assert rel < 1e-4, rel
+
+
+def test_build_is_seeded():
+    import torch
+
+    w = get_workload("sensor-transformer", **SMALL["sensor-transformer"])
+    a, b = w.build().state_dict(), w.build().state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,1 @@
+"""Plain-torch model definitions for the workloads (imported only inside `Workload.build`)."""

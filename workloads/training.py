@@ -1,0 +1,153 @@
+"""Train-at-first-use with an exact-key weight cache under cache_dir("weights", workload).
+
+A trained model's weights are a function of the workload key (name, version, fields), the
+training recipe (a string the workload bumps when it changes the recipe) and the torch
+version. The key is stored as JSON beside the weights and compared exactly; a file lock keeps
+concurrent processes from training the same model twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from chipbench.paths import atomic_write_bytes, atomic_write_text, cache_dir
+
+
+@contextlib.contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """Fixed seeds and deterministic kernels for the duration (restored afterwards)."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def cached_weights(workload: Any, recipe: str, model: nn.Module,
+                   fit: Callable[[nn.Module], dict[str, Any]]) -> nn.Module:
+    """Load `model`'s trained weights from the cache, or run `fit(model)` (which trains in
+    place and returns a small info dict, stored beside the weights) and cache them."""
+    key = {"workload": workload.key(), "recipe": recipe, "torch": torch.__version__.split("+")[0]}
+    text = json.dumps(key, sort_keys=True, default=list)
+    folder = cache_dir("weights", workload.name)
+    stem = hashlib.sha256(text.encode()).hexdigest()[:24]
+    wpath, kpath = folder / f"{stem}.pt", folder / f"{stem}.key.json"
+
+    def load() -> bool:
+        if not (wpath.exists() and kpath.exists()):
+            return False
+        try:
+            stored = json.loads(kpath.read_text())
+            if json.dumps(stored["key"], sort_keys=True, default=list) != text:
+                return False
+            state = torch.load(io.BytesIO(wpath.read_bytes()), weights_only=True)
+            model.load_state_dict(state)
+            return True
+        except (OSError, ValueError, KeyError, RuntimeError):
+            return False
+
+    if not load():
+        with open(folder / f"{stem}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not load():  # another process may have finished while we waited
+                t0 = time.perf_counter()
+                print(f"chipbench: preparing {workload.name} weights ({recipe}), once; cache {folder}",
+                      file=sys.stderr)
+                info = fit(model)
+                info["train_s"] = round(time.perf_counter() - t0, 2)
+                buf = io.BytesIO()
+                torch.save(model.state_dict(), buf)
+                atomic_write_bytes(wpath, buf.getvalue())
+                atomic_write_text(kpath, json.dumps({"key": key, "info": info}, indent=1,
+                                                    sort_keys=True, default=list))
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def train_info(workload: Any, recipe: str) -> dict[str, Any] | None:
+    """The info dict stored with cached weights (training time, test metric), if any."""
+    key = {"workload": workload.key(), "recipe": recipe, "torch": torch.__version__.split("+")[0]}
+    text = json.dumps(key, sort_keys=True, default=list)
+    stem = hashlib.sha256(text.encode()).hexdigest()[:24]
+    kpath = cache_dir("weights", workload.name) / f"{stem}.key.json"
+    try:
+        return json.loads(kpath.read_text())["info"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def fit(model: nn.Module, inputs: list[np.ndarray], target: np.ndarray,
+        loss_fn: Callable[[Any, torch.Tensor], torch.Tensor], *, epochs: int, batch_size: int,
+        lr: float, seed: int, weight_decay: float = 1e-4,
+        forward: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Adam + one-cycle learning rate, seeded shuffling; `loss_fn(model_output, target)`."""
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.from_numpy(np.ascontiguousarray(x)) for x in inputs]
+    yt = torch.from_numpy(np.ascontiguousarray(target))
+    n = yt.shape[0]
+    steps = epochs * ((n + batch_size - 1) // batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    run = forward or model
+    model.train()
+    last = float("nan")
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        total, count = 0.0, 0
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            out = run(*[x[idx] for x in xs])
+            loss = loss_fn(out, yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            total += float(loss) * idx.numel()
+            count += idx.numel()
+        last = total / count
+    model.eval()
+    return {"epochs": epochs, "final_train_loss": round(last, 6), "samples": int(n)}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: list[np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+    """Eval-mode outputs as numpy (a list, one per model output)."""
+    model.eval()
+    outs: list[list[np.ndarray]] = []
+    n = inputs[0].shape[0]
+    for i in range(0, n, batch_size):
+        o = model(*[torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])) for x in inputs])
+        o = o if isinstance(o, tuple) else (o,)
+        outs.append([t.numpy() for t in o])
+    return [np.concatenate([b[k] for b in outs]) for k in range(len(outs[0]))]
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Set BatchNorm running statistics from data (cumulative average over `batches`), so a
+    seeded-random network has realistic, well-scaled activations and folded BN constants."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for b in batches:
+        model(b)
+    for m in bns:
+        m.momentum = 0.1
+    model.eval()

@@ -1,0 +1,91 @@
+"""vibration-cnn1d: rolling-bearing fault diagnosis from housing-accelerometer windows.
+
+Condition monitoring on rotating machinery (pumps, fans, motors, spindles): an accelerometer on
+the bearing housing samples at 12 kHz; each 2048-sample window (~0.17 s, several shaft turns)
+is classified as normal, outer-race fault, inner-race fault or ball fault. The model is a
+WDCNN-style 1D CNN (a 64-tap stride-8 first layer acting as a learned filter bank, then small
+kernels and global average pooling), trained at first use on the workload's own generator
+(impulse trains at the bearing defect frequencies ringing a structural resonance; see
+`workloads/data/vibration.py`) and cached. Task metric: top-1 accuracy on the test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._common import input_rng, output
+from .base import DataSource, Workload, register
+
+CLASSES = ("normal", "outer_race", "inner_race", "ball")
+
+
+@register
+@dataclass(frozen=True)
+class VibrationCNN1D(Workload):
+    """Bearing fault diagnosis: 1x2048 vibration window -> 4 logits (normal, outer race,
+    inner race, ball). Trained at first use (train=False gives the seeded, untrained net)."""
+
+    name = "vibration-cnn1d"
+    scenario = ("Rotating-machinery condition monitoring: classify 2048-sample bearing-housing "
+                "vibration windows (12 kHz) as normal / outer-race / inner-race / ball fault")
+    version = "1"
+    input_names = ("signal",)
+    output_names = ("logits",)
+    task_metric = "accuracy"
+    higher_is_better = True
+    split_sizes = {"train": 3072, "calibration": 256, "test": 1024}
+
+    window: int = 2048
+    width: int = 16
+    train: bool = True
+    epochs: int = 12
+
+    def _model(self) -> Any:
+        from .nets.cnn1d import VibrationCNN
+        from .training import deterministic
+
+        with deterministic(self.seed):
+            return VibrationCNN(len(CLASSES), self.width).eval()
+
+    def build(self) -> Any:
+        if not self.train:
+            return self._model()
+        import torch.nn.functional as F
+
+        from .training import cached_weights, deterministic, fit, predict
+
+        def train(m):
+            x, y = self.dataset("train")
+            with deterministic(self.seed):
+                info = fit(m, [x["signal"]], y, F.cross_entropy, epochs=self.epochs,
+                           batch_size=64, lr=3e-3, seed=self.seed)
+            xt, yt = self.dataset("test")
+            info["test_" + self.task_metric] = self.metric(
+                {"logits": predict(m, [xt["signal"]])[0]}, yt)
+            return info
+
+        return cached_weights(self, "adamw-onecycle-v1", self._model(), train)
+
+    def make_inputs(self, batch: int, seed: int) -> dict[str, np.ndarray]:
+        from .data import vibration
+
+        x, _ = vibration.generate(input_rng(seed, self.name), batch, self.window)
+        return {"signal": x}
+
+    def data_source(self) -> DataSource:
+        from .data import vibration
+
+        def block(rng: np.random.Generator, n: int, split: str):
+            x, y = vibration.generate(rng, n, self.window)
+            return {"signal": x}, y
+
+        return DataSource(vibration.NAME, vibration.VERSION, {"window": self.window},
+                          self.seed, block)
+
+    def metric(self, outputs: dict[str, np.ndarray], labels: np.ndarray) -> float:
+        from .metrics import accuracy
+
+        return accuracy(output(outputs, "logits"), labels)
