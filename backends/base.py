@@ -7,14 +7,14 @@ compile spec into a `Compiled` object whose `run` returns host arrays after the 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from chipbench.plugins import load_plugins
 
 Arrays = dict[str, np.ndarray]
 
@@ -45,6 +45,7 @@ class CompileSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     tuning_db: Path | None = None  # MetaSchedule database directory
     threads: int | None = None
+    example_inputs: Arrays | None = None  # the inputs the cell will time (for ahead-of-time warm-up)
     reference_outputs: Arrays | None = None  # what the null backend hands back
     calibration: Callable[[], list[Arrays]] | None = None  # batches for static quantization
 
@@ -101,11 +102,7 @@ def _load_all() -> None:
     _loaded = True
     for mod in _BUILTIN_MODULES:
         importlib.import_module(f"chipbench.backends.{mod}")
-    for ep in importlib.metadata.entry_points(group="chipbench.backends"):
-        ep.load()  # the module registers itself through @register
-    # Local, unpackaged backends: a comma-separated list of importable modules.
-    for mod in filter(None, os.environ.get("CHIPBENCH_BACKEND_MODULES", "").split(",")):
-        importlib.import_module(mod.strip())
+    load_plugins("chipbench.backends")
 
 
 def backend_names() -> list[str]:

@@ -1,0 +1,164 @@
+"""Apache TVM (Relax): ONNX → Relax → tvm.compile for the host CPU, run on the Relax VM.
+
+Weights stay VM parameters (`keep_params_in_input=True`): baking them in as constants makes
+the compiled library as large as the model and slows compilation. Without a MetaSchedule
+database the default CPU pipeline applies no schedules, so results say "untuned".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chipbench.backends.base import Arrays, Compiled, CompileSpec, ModelSource, Unsupported, register
+
+
+def host_target(threads: int | None = None) -> Any:
+    """The LLVM target for this CPU, e.g. {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}."""
+    import tvm
+    from tvm.target import codegen
+
+    cores = threads or len(os.sched_getaffinity(0))
+    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
+
+
+def import_onnx(onnx_path: Path) -> tuple[Any, list[Any]]:
+    """ONNX → Relax IRModule with weights as parameters; returns (module, weight tensors)."""
+    import onnx
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = onnx.load(str(onnx_path))
+    try:
+        mod = from_onnx(model, keep_params_in_input=True)
+    except Exception as exc:  # the importer raises OpNotImplemented and friends, all one line
+        if type(exc).__name__ == "OpNotImplemented":
+            raise Unsupported(f"TVM Relax ONNX importer: {exc}") from None
+        raise
+    mod, params = relax.frontend.detach_params(mod)
+    return mod, list(params.get("main", []))
+
+
+def fusion_passes() -> list[Any]:
+    """Legalize and fuse: what MetaSchedule task extraction sees, so database keys match."""
+    from tvm import relax
+
+    return [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+def build(mod: Any, target: Any, database_dir: Path | None = None) -> tuple[Any, str]:
+    """Compile for `target`; with a MetaSchedule database apply its records. Returns (exe, pipeline)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline as relax_pipeline
+
+    if database_dir is None:
+        return tvm.compile(mod, target=target), "relax-default (untuned)"
+
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(work_dir=str(database_dir), module_equality="structural")
+
+    @tvm.transform.module_pass(opt_level=3)
+    def tuned_pipeline(mod, _ctx):
+        mod = tvm.transform.Sequential(
+            [*relax_pipeline.library_dispatch_passes(target), *fusion_passes()]
+        )(mod)
+        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        return tvm.transform.Sequential(
+            relax_pipeline.dataflow_lower_passes(target) + relax_pipeline.finalize_passes(target)
+        )(mod)
+
+    with target, database, tvm.transform.PassContext(opt_level=3):
+        exe = tvm.compile(mod, target=target, relax_pipeline=tuned_pipeline)
+    return exe, "relax-fused + metaschedule-db"
+
+
+def database_digest(database_dir: Path) -> str:
+    """sha256 over the database's record files (names and contents), for provenance."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(database_dir).glob("*.json")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def library_bytes(exe: Any) -> int:
+    """Size of the compiled library as it would ship (exported shared object)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.so"
+        exe.export_library(str(path))
+        return path.stat().st_size
+
+
+@register("tvm-llvm")
+class TvmLlvm:
+    description = "Apache TVM Relax, LLVM for the host CPU, Relax VM"
+    precisions = ("fp32",)
+
+    def available(self) -> tuple[bool, str]:
+        if importlib.util.find_spec("tvm") is None:
+            return False, "apache-tvm is not installed"
+        return True, ""
+
+    def versions(self) -> dict[str, str]:
+        import tvm
+
+        return {"tvm": tvm.__version__, "llvm": str(tvm.support.libinfo().get("LLVM_VERSION", ""))}
+
+    def compile(self, source: ModelSource, spec: CompileSpec) -> Compiled:
+        import tvm
+        from tvm import relax
+
+        if spec.precision not in self.precisions:
+            raise Unsupported(f"{self.name} runs {', '.join(self.precisions)}, not {spec.precision}")
+        target = tvm.target.Target(spec.target) if spec.target else host_target(spec.threads)
+        start = time.perf_counter()
+        mod, weights = import_onnx(source.onnx_path)
+        exe, pipeline = build(mod, target, spec.tuning_db)
+        compile_s = time.perf_counter() - start
+        device = tvm.cpu()
+        vm = relax.VirtualMachine(exe, device)
+        params = [tvm.runtime.tensor(w.numpy(), device) for w in weights]
+        main = vm["main"]
+        names = source.input_names
+        out_names = source.output_names
+
+        def run(inputs: Arrays) -> Arrays:
+            args = [tvm.runtime.tensor(inputs[n], device) for n in names]
+            outs = main(*args, *params)
+            return dict(zip(out_names, _to_numpy(outs)))
+
+        lib_bytes = library_bytes(exe)
+        param_bytes = sum(int(np.prod(w.shape)) * w.dtype.itemsize for w in (p.numpy() for p in weights))
+        return Compiled(
+            run=run,
+            compile_s=compile_s,
+            artifact_bytes=lib_bytes + param_bytes,
+            target=str(target),
+            pipeline=pipeline,
+            tuning_db=database_digest(spec.tuning_db) if spec.tuning_db else None,
+            details={"library_bytes": lib_bytes, "param_bytes": param_bytes},
+        )
+
+
+def _to_numpy(outs: Any) -> list[np.ndarray]:
+    if hasattr(outs, "numpy"):
+        return [outs.numpy()]
+    flat: list[np.ndarray] = []
+    for o in outs:  # tuples of outputs come back as a runtime Array
+        flat.extend(_to_numpy(o))
+    return flat

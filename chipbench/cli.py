@@ -1,0 +1,164 @@
+"""`chipbench <verb>`: progress on stderr, data in files, one-line errors, non-zero exit on failure."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Benchmark industrial AI workloads across ONNX Runtime, TVM and PyTorch.")
+err = Console(stderr=True, highlight=False)
+
+ResultsDir = Annotated[Path, typer.Option("--results-dir", help="Where results and reports go.")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+@app.command("list")
+def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Workloads and backends, with each backend's availability and reason."""
+    from chipbench.backends.base import backend_names, get_backend
+    from chipbench.workloads.base import get_workload, workload_names
+
+    workloads = [get_workload(n).describe() for n in workload_names()]
+    backends = []
+    for name in backend_names():
+        b = get_backend(name)
+        ok, why = b.available()
+        backends.append({"name": name, "description": b.description, "available": ok, "reason": why,
+                         "precisions": list(b.precisions)})
+    if as_json:
+        print(json.dumps({"workloads": workloads, "backends": backends}, indent=1))
+        return
+    from rich.table import Table
+
+    out = Console(highlight=False)
+    table = Table("workload", "industrial scenario", "task metric", title="Workloads")
+    for w in workloads:
+        table.add_row(w["name"], w["scenario"], w["task_metric"] or "fidelity only")
+    out.print(table)
+    table = Table("backend", "available", "precisions", "description / reason", title="Backends")
+    for b in backends:
+        table.add_row(b["name"], "yes" if b["available"] else "[red]no[/red]", ",".join(b["precisions"]),
+                      b["description"] if b["available"] else b["reason"])
+    out.print(table)
+
+
+@app.command()
+def run(
+    workload: Annotated[Optional[list[str]], typer.Option("-w", "--workload", help="Workload name(s), comma-separated.")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option("-b", "--backend", help="Backend name(s), comma-separated.")] = None,
+    suite: Annotated[Optional[Path], typer.Option("--suite", help="A TOML suite file.")] = None,
+    scenario: Annotated[Optional[list[str]], typer.Option("--scenario", help="single-stream, offline (comma-separated).")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option("--precision", help="fp32, fp16, bf16, int8.")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Offline batch size.")] = None,
+    min_duration: Annotated[Optional[float], typer.Option("--min-duration", help="Seconds each cell measures at least.")] = None,
+    min_count: Annotated[Optional[int], typer.Option("--min-count", help="Queries each cell measures at least.")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds before a cell is killed.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="MetaSchedule database for TVM.")] = None,
+    results_dir: ResultsDir = Path("results"),
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report after the sweep.")] = True,
+) -> None:
+    """Run cells (from flags or a suite), store a record per cell, then write the report."""
+    from chipbench.runner import run_cells
+    from chipbench.store import ResultsStore
+    from chipbench.suite import SuiteError, expand, load_suite, with_overrides
+
+    try:
+        if suite is not None:
+            cells = load_suite(suite)
+        elif workload and backend:
+            cells = expand(_split(workload), _split(backend), _split(precision) or None, _split(scenario) or None)
+        else:
+            fail("give --suite FILE, or both -w WORKLOAD and -b BACKEND")
+        if suite is not None and (scenario or precision):
+            fail("--scenario/--precision go with -w/-b; a suite names its own")
+        cells = with_overrides(cells, batch=batch, min_duration_s=min_duration, min_count=min_count,
+                               timeout_s=timeout, seed=seed, tuning_db=str(tuning_db) if tuning_db else None)
+    except SuiteError as exc:
+        fail(str(exc))
+    _check_names(cells)
+
+    store = ResultsStore(results_dir)
+    failures = 0
+
+    def done(cell, rec) -> None:
+        nonlocal failures
+        if rec.status == "ok":
+            lat = rec.latency
+            color = "green" if rec.verdict == "VALID" else "red"
+            err.print(f"  [{color}]{rec.verdict}[/{color}] {escape(cell.label())}: p50 {lat['median']:.3g} ms, "
+                      f"{rec.throughput['value']:.4g} samples/s", markup=True)
+        else:
+            failures += rec.status == "failed"
+            color = "red" if rec.status == "failed" else "yellow"
+            err.print(f"  [{color}]{rec.status.upper()}[/{color}] {escape(cell.label())}: {escape(rec.reason or '')}", markup=True)
+
+    err.print(f"chipbench: {len(cells)} cell(s) → {results_dir}/")
+    run_cells(cells, store, on_done=done)
+    if report:
+        _write_report(store, results_dir / "report.md", results_dir / "report.html")
+    if failures:
+        raise typer.Exit(1)
+
+
+def _check_names(cells) -> None:
+    from chipbench.backends.base import backend_names
+    from chipbench.workloads.base import workload_names
+
+    known_w, known_b = set(workload_names()), set(backend_names())
+    for cell in cells:
+        if cell.workload not in known_w:
+            fail(f"unknown workload '{cell.workload}' (known: {', '.join(sorted(known_w))})")
+        if cell.backend not in known_b:
+            fail(f"unknown backend '{cell.backend}' (known: {', '.join(sorted(known_b))})")
+
+
+def _write_report(store, md: Path | None, html: Path | None) -> None:
+    from chipbench.report import write_reports
+
+    records = store.latest()
+    if not records:
+        fail(f"no results in {store.root}/ (run `chipbench run` first)")
+    for path in write_reports(records, md, html):
+        err.print(f"wrote {path}")
+
+
+@app.command()
+def report(
+    results_dir: ResultsDir = Path("results"),
+    html: Annotated[Optional[Path], typer.Option("--html", help="HTML output (default RESULTS_DIR/report.html).")] = None,
+    md: Annotated[Optional[Path], typer.Option("--md", help="Markdown output (default RESULTS_DIR/report.md).")] = None,
+) -> None:
+    """Write the Markdown and HTML reports from the newest record of every cell."""
+    from chipbench.store import ResultsStore
+
+    if html is None and md is None:
+        html, md = results_dir / "report.html", results_dir / "report.md"
+    _write_report(ResultsStore(results_dir), md, html)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

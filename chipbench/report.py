@@ -1,0 +1,144 @@
+"""Reports: Markdown and self-contained HTML from the results store.
+
+One table per (scenario, precision): a row per workload, a column group per backend.
+Every value that came from a user (names, reasons, paths) is escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from chipbench.record import RunRecord
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+
+
+def md_escape(value: object) -> str:
+    """Escape Markdown (and inline HTML) syntax; newlines would break a table row."""
+    return _MD_SPECIAL.sub(r"\\\1", str(value)).replace("\n", " ")
+
+
+@dataclass
+class Table:
+    scenario: str
+    precision: str
+    batch_note: str
+    backends: list[str]
+    rows: list[tuple[str, list[RunRecord | None]]] = field(default_factory=list)
+
+
+def fmt_ms(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+
+
+def fmt_num(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}g}"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cell_summary(rec: RunRecord | None) -> dict[str, str]:
+    """The few strings a table cell shows."""
+    if rec is None:
+        return {"p50": "", "p99": "", "tput": "", "fid": "", "verdict": "not run", "untuned": ""}
+    if rec.status != "ok":
+        return {"p50": "–", "p99": "–", "tput": "–", "fid": "–", "verdict": rec.status.upper(), "untuned": ""}
+    fid = (rec.accuracy or {}).get("fidelity", {})
+    untuned = "untuned" if (rec.backend.get("pipeline") or "").endswith("(untuned)") else ""
+    return {
+        "p50": fmt_ms(rec.latency["median"]),
+        "p99": fmt_ms(rec.latency["p99"]),
+        "tput": fmt_num(rec.throughput["value"], 4),
+        "fid": fmt_num(fid.get("rel_l2"), 2),
+        "verdict": rec.verdict or "",
+        "untuned": untuned,
+    }
+
+
+def build_tables(records: list[RunRecord]) -> list[Table]:
+    tables: dict[tuple[str, str], Table] = {}
+    for rec in records:
+        key = (rec.scenario["name"], rec.precision)
+        if key not in tables:
+            tables[key] = Table(rec.scenario["name"], rec.precision, "", [])
+    for (scenario, precision), table in tables.items():
+        group = [r for r in records if r.scenario["name"] == scenario and r.precision == precision]
+        table.backends = list(dict.fromkeys(r.backend["name"] for r in group))
+        batches = sorted({r.batch for r in group})
+        table.batch_note = "batch " + ", ".join(map(str, batches))
+        for workload in dict.fromkeys(r.workload["name"] for r in group):
+            by_backend = {r.backend["name"]: r for r in group if r.workload["name"] == workload}
+            table.rows.append((workload, [by_backend.get(b) for b in table.backends]))
+    return list(tables.values())
+
+
+def environment(records: list[RunRecord]) -> dict[str, str]:
+    """The machine and software most records were measured with (differences are listed per run)."""
+    if not records:
+        return {}
+    m = _most_common(r.provenance["machine"] for r in records)
+    libs = _most_common(r.provenance["libraries"] for r in records)
+    env = {
+        "CPU": f"{m['cpu_model']} ({m['cores']} cores, {m.get('arch', '')})",
+        "ISA": " ".join(m["isa"]) or "–",
+        "Memory": f"{m['memory_gib']} GiB",
+        "OS": m["os"],
+        "GPUs": ", ".join(m.get("gpus") or []) or "none",
+        "Libraries": ", ".join(f"{k} {v}" for k, v in sorted(libs.items())),
+        "Git commits": ", ".join(sorted({str(r.provenance.get("git_commit")) for r in records})),
+    }
+    return env
+
+
+def _most_common(dicts) -> dict:
+    text = Counter(json.dumps(d, sort_keys=True) for d in dicts).most_common(1)[0][0]
+    return json.loads(text)
+
+
+def render(records: list[RunRecord], fmt: str, title: str = "chipbench report") -> str:
+    env = Environment(
+        loader=PackageLoader("chipbench", "templates"),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+        trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters.update(md=md_escape, ms=fmt_ms, num=fmt_num, bytes=fmt_bytes)
+    template = env.get_template(f"report.{fmt}.j2")
+    ok = [r for r in records if r.status == "ok"]
+    return template.render(
+        title=title,
+        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        tables=build_tables(records),
+        summary=cell_summary,
+        environment=environment(records),
+        problems=[r for r in records if r.status != "ok" or r.verdict == "INVALID"],
+        runs=sorted(ok, key=lambda r: (r.scenario["name"], r.precision, r.workload["name"], r.backend["name"])),
+        untuned=any(cell_summary(r)["untuned"] for r in ok),
+        counts=Counter(r.status for r in records),
+    )
+
+
+def write_reports(records: list[RunRecord], md_path: Path | None, html_path: Path | None) -> list[Path]:
+    written = []
+    for path, fmt in ((md_path, "md"), (html_path, "html")):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(render(records, fmt))
+            written.append(path)
+    return written

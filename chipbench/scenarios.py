@@ -1,0 +1,71 @@
+"""MLPerf-named scenarios. SingleStream: one sample per query, latency. Offline: batch B, throughput.
+
+The timed loop is kept bare (a clock read and an append per query) so that the harness's own
+overhead, measured with the null backend, stays far below what any real backend takes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+SCENARIOS = ("single-stream", "offline")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    warmup_count: int = 3
+    warmup_s: float = 0.2
+    min_count: int = 20
+    min_duration_s: float = 1.0
+    max_duration_s: float = 60.0  # a slow cell stops here (with at least 3 samples), saying so
+    offline_batch: int = 8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    samples_s: list[float]
+    wall_s: float
+    note: str | None
+
+
+def measure(query: Callable[[], object], settings: MeasureSettings) -> Measurement:
+    """Warm up, then time `query` until both the minimum count and duration are met."""
+    clock = time.perf_counter
+    start = clock()
+    n = 0
+    while n < settings.warmup_count or clock() - start < settings.warmup_s:
+        query()
+        n += 1
+        if clock() - start > settings.max_duration_s and n >= 1:
+            break
+    samples: list[float] = []
+    append = samples.append
+    begin = clock()
+    now = begin
+    while True:
+        t0 = clock()
+        query()
+        now = clock()
+        append(now - t0)
+        elapsed = now - begin
+        if elapsed >= settings.min_duration_s and len(samples) >= settings.min_count:
+            note = None
+            break
+        if elapsed >= settings.max_duration_s and len(samples) >= 3:
+            note = (f"stopped at max_duration_s={settings.max_duration_s:g} with "
+                    f"{len(samples)} < min_count={settings.min_count} samples")
+            break
+    return Measurement(samples, now - begin, note)
+
+
+def batch_for(scenario: str, batch: int | None, settings: MeasureSettings) -> int:
+    if scenario == "single-stream":
+        return 1
+    if scenario == "offline":
+        return batch or settings.offline_batch
+    raise ValueError(f"unknown scenario '{scenario}' (known: {', '.join(SCENARIOS)})")

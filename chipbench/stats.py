@@ -1,0 +1,65 @@
+"""Latency statistics: exact order statistics plus a bootstrap confidence interval of the median."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-query latency in milliseconds."""
+
+    count: int
+    median: float
+    p90: float
+    p99: float
+    mean: float
+    stdev: float
+    min: float
+    max: float
+    median_ci95: tuple[float, float]
+    unit: str = "ms"
+
+    @classmethod
+    def from_samples(cls, seconds: np.ndarray | list[float], seed: int = 0, resamples: int = 1000) -> LatencyStats:
+        ms = np.asarray(seconds, dtype=np.float64) * 1e3
+        if ms.size == 0:
+            raise ValueError("no latency samples")
+        return cls(
+            count=int(ms.size),
+            median=float(np.median(ms)),
+            p90=float(np.percentile(ms, 90)),
+            p99=float(np.percentile(ms, 99)),
+            mean=float(ms.mean()),
+            stdev=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+            min=float(ms.min()),
+            max=float(ms.max()),
+            median_ci95=bootstrap_median_ci(ms, seed=seed, resamples=resamples),
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["median_ci95"] = list(self.median_ci95)
+        return d
+
+
+def bootstrap_median_ci(
+    samples: np.ndarray, level: float = 0.95, seed: int = 0, resamples: int = 1000
+) -> tuple[float, float]:
+    """Percentile bootstrap of the median: resample with replacement, take the central interval."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.size == 1:
+        return float(samples[0]), float(samples[0])
+    rng = np.random.default_rng(seed)
+    # Resample in chunks so a long run does not allocate resamples × n at once.
+    medians = np.empty(resamples)
+    chunk = max(1, 2_000_000 // samples.size)
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        idx = rng.integers(0, samples.size, size=(stop - start, samples.size))
+        medians[start:stop] = np.median(samples[idx], axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(medians, [alpha, 1 - alpha])
+    return float(lo), float(hi)

@@ -1,0 +1,17 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+os.environ["CHIPBENCH_PLUGINS"] = "doubles"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache(tmp_path_factory):
+    """Tests share one cache of exported models, separate from the user's."""
+    if "CHIPBENCH_CACHE" not in os.environ:
+        os.environ["CHIPBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))

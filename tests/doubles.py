@@ -1,0 +1,80 @@
+"""Test doubles, loaded into cell subprocesses through CHIPBENCH_PLUGINS=doubles.
+
+A tiny workload (fast to export and run everywhere) and backends that crash, hang, or lie.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from chipbench.backends.base import Compiled, register as register_backend
+from chipbench.backends.null import NullBackend
+from chipbench.workloads.base import Workload, register as register_workload
+
+
+def _tiny_net(features: int, hidden: int, classes: int):
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Linear(features, hidden), torch.nn.GELU(), torch.nn.LayerNorm(hidden),
+        torch.nn.Linear(hidden, classes),
+    )
+
+
+@register_workload
+@dataclass(frozen=True)
+class TinyMlp(Workload):
+    name = "tiny-mlp"
+    scenario = "test double: a two-layer MLP on sensor features"
+    features: int = 16
+    hidden: int = 32
+    classes: int = 4
+
+    def build(self):
+        import torch
+
+        torch.manual_seed(self.seed)
+        return _tiny_net(self.features, self.hidden, self.classes).eval()
+
+    def make_inputs(self, batch, seed):
+        rng = np.random.default_rng(seed)
+        return {"input": rng.standard_normal((batch, self.features), dtype=np.float32)}
+
+
+@register_backend("crash-double")
+class CrashBackend(NullBackend):
+    description = "segfaults while compiling"
+
+    def compile(self, source, spec):
+        os.abort()
+
+
+@register_backend("hang-double")
+class HangBackend(NullBackend):
+    description = "never finishes compiling"
+
+    def compile(self, source, spec):
+        time.sleep(3600)
+
+
+@register_backend("noisy-double")
+class NoisyBackend(NullBackend):
+    """Returns the reference plus a deliberate error: the accuracy gate must catch it."""
+
+    description = "perturbs outputs"
+
+    def compile(self, source, spec):
+        canned = {k: v + np.float32(0.5) for k, v in (spec.reference_outputs or {}).items()}
+        return Compiled(run=lambda inputs: canned, compile_s=0.0, target="none", pipeline="none")
+
+
+@register_backend("missing-double")
+class MissingBackend(NullBackend):
+    description = "a runtime that is not installed"
+
+    def available(self):
+        return False, "libfoo runtime not found"
