@@ -14,6 +14,7 @@ import numpy as np
 
 from chipbench.accuracy import check, fidelity
 from chipbench.backends.base import Compiled, CompileSpec, Unsupported, get_backend
+from chipbench.byo import ModelError, prepare_model
 from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
 from chipbench.prepare import PrepareError, Prepared, prepare_workload
@@ -21,7 +22,7 @@ from chipbench.record import RunRecord
 from chipbench.scenarios import batch_for, measure
 from chipbench.stats import LatencyStats
 from chipbench.suite import Cell
-from chipbench.workloads.base import get_workload
+from chipbench.workloads.base import DEFAULT_TOLERANCES, Tolerance, get_workload
 
 
 def one_line(exc: BaseException) -> str:
@@ -32,11 +33,7 @@ def one_line(exc: BaseException) -> str:
 
 def base_record(cell: Cell, status: str, reason: str | None = None, **extra) -> RunRecord:
     """A record that carries the cell's identity and provenance, whatever became of it."""
-    try:
-        w = get_workload(cell.workload, **cell.workload_params)
-        workload = w.describe()
-    except Exception:  # unknown workload or bad params: keep the names the user gave
-        workload = {"name": cell.workload, "scenario": "", "params": dict(cell.workload_params)}
+    workload = describe_workload(cell)
     return RunRecord(
         workload=workload,
         backend=extra.pop("backend", {"name": cell.backend, "versions": {}}),
@@ -57,6 +54,27 @@ def base_record(cell: Cell, status: str, reason: str | None = None, **extra) -> 
     )
 
 
+def describe_workload(cell: Cell) -> dict:
+    if cell.model:
+        return {"name": cell.workload, "scenario": "bring-your-own ONNX model", "task_metric": None,
+                "params": {"model": cell.model, "inputs": list(cell.inputs), "input_data": cell.input_data,
+                           "expected": cell.expected}}
+    try:
+        return get_workload(cell.workload, **cell.workload_params).describe()
+    except Exception:  # unknown workload or bad params: keep the names the user gave
+        return {"name": cell.workload, "scenario": "", "params": dict(cell.workload_params)}
+
+
+def prepare(cell: Cell, batch: int) -> tuple[Prepared, Tolerance, list[str]]:
+    """Model, inputs and reference for the cell; notes say what the reference is."""
+    if cell.model:
+        prepared, reference_from = prepare_model(cell.model, list(cell.inputs), cell.expected,
+                                                 cell.input_data, batch, cell.seed)
+        return prepared, DEFAULT_TOLERANCES[cell.precision], [f"reference: {reference_from}"]
+    workload = get_workload(cell.workload, **cell.workload_params)
+    return prepare_workload(workload, batch, cell.seed), workload.tolerance(cell.precision), []
+
+
 def execute(cell: Cell) -> RunRecord:
     backend = None
     try:
@@ -70,9 +88,8 @@ def execute(cell: Cell) -> RunRecord:
 
     batch = batch_for(cell.scenario, cell.batch, cell.settings)
     try:
-        workload = get_workload(cell.workload, **cell.workload_params)
-        prepared = prepare_workload(workload, batch, cell.seed)
-    except (PrepareError, KeyError, TypeError, ValueError) as exc:
+        prepared, tolerance, notes = prepare(cell, batch)
+    except (PrepareError, ModelError, KeyError, TypeError, ValueError) as exc:
         return base_record(cell, "failed", f"prepare: {one_line(exc)}", backend=backend_info)
     provenance = {"onnx_sha256": prepared.onnx_sha256, "exporter": prepared.exporter, "opset": prepared.opset}
 
@@ -91,7 +108,7 @@ def execute(cell: Cell) -> RunRecord:
                         tuning_db=compiled.tuning_db, details=compiled.details)
     compile_info = {"seconds": compiled.compile_s, "artifact_bytes": compiled.artifact_bytes}
     try:
-        return _measure(cell, workload, prepared, compiled, backend_info, compile_info, provenance)
+        return _measure(cell, prepared, tolerance, notes, compiled, backend_info, compile_info, provenance)
     except Exception as exc:
         return base_record(cell, "failed", f"run: {one_line(exc)}", backend=backend_info,
                            compile=compile_info, provenance=provenance)
@@ -100,11 +117,11 @@ def execute(cell: Cell) -> RunRecord:
             compiled.close()
 
 
-def _measure(cell, workload, prepared: Prepared, compiled: Compiled, backend_info, compile_info, provenance):
+def _measure(cell, prepared: Prepared, tol: Tolerance, notes: list[str], compiled: Compiled,
+             backend_info, compile_info, provenance):
     inputs = prepared.inputs
     outputs = compiled.run(inputs)
     fid = fidelity(outputs, prepared.reference)
-    tol = workload.tolerance(cell.precision)
     failures = check(fid, tol)
     accuracy = {"fidelity": fid.to_dict(), "tolerance": dict(vars(tol)), "failures": failures, "task": None}
 
@@ -117,7 +134,7 @@ def _measure(cell, workload, prepared: Prepared, compiled: Compiled, backend_inf
         cell, "ok", "; ".join(failures) or None,
         backend=backend_info, compile=compile_info, provenance=provenance,
         latency=stats.to_dict(), throughput=throughput, accuracy=_finite(accuracy),
-        verdict="INVALID" if failures else "VALID", notes=[m.note] if m.note else [],
+        verdict="INVALID" if failures else "VALID", notes=notes + ([m.note] if m.note else []),
     )
 
 

@@ -62,6 +62,10 @@ def run(
     workload: Annotated[Optional[list[str]], typer.Option("-w", "--workload", help="Workload name(s), comma-separated.")] = None,
     backend: Annotated[Optional[list[str]], typer.Option("-b", "--backend", help="Backend name(s), comma-separated.")] = None,
     suite: Annotated[Optional[Path], typer.Option("--suite", help="A TOML suite file.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Your own ONNX model, run on every chosen backend.")] = None,
+    inputs: Annotated[Optional[list[str]], typer.Option("--input", help="NAME:SHAPE[:DTYPE] for a model input (repeatable).")] = None,
+    input_data: Annotated[Optional[Path], typer.Option("--input-data", help="The model's inputs: .npz, .npy, .pb or a test-data folder.")] = None,
+    expected: Annotated[Optional[Path], typer.Option("--expected", help="Expected outputs on --input-data (else ONNX Runtime CPU is the reference).")] = None,
     scenario: Annotated[Optional[list[str]], typer.Option("--scenario", help="single-stream, offline (comma-separated).")] = None,
     precision: Annotated[Optional[list[str]], typer.Option("--precision", help="fp32, fp16, bf16, int8.")] = None,
     batch: Annotated[Optional[int], typer.Option("--batch", help="Offline batch size.")] = None,
@@ -81,10 +85,13 @@ def run(
     try:
         if suite is not None:
             cells = load_suite(suite)
+        elif model is not None and backend:
+            cells = _model_cells(model, inputs or [], input_data, expected, _split(backend),
+                                 _split(precision) or None, _split(scenario) or None, batch)
         elif workload and backend:
             cells = expand(_split(workload), _split(backend), _split(precision) or None, _split(scenario) or None)
         else:
-            fail("give --suite FILE, or both -w WORKLOAD and -b BACKEND")
+            fail("give --suite FILE, --model FILE with -b BACKEND, or both -w WORKLOAD and -b BACKEND")
         if suite is not None and (scenario or precision):
             fail("--scenario/--precision go with -w/-b; a suite names its own")
         cells = with_overrides(cells, batch=batch, min_duration_s=min_duration, min_count=min_count,
@@ -116,13 +123,33 @@ def run(
         raise typer.Exit(1)
 
 
+def _model_cells(model, inputs, input_data, expected, backends, precisions, scenarios, batch):
+    """Cells for a foreign ONNX model, checked here so a bad file fails before any cell runs."""
+    from chipbench.byo import ModelError, load_model_safely, parse_input_spec, resolve_shapes
+    from chipbench.suite import expand
+
+    try:
+        specs = {s.name: s for s in map(parse_input_spec, inputs)}
+        if input_data is None:
+            if expected is not None:
+                fail(f"{expected}: expected outputs need the inputs they came from (--input-data)")
+            resolve_shapes(load_model_safely(model), model, specs, batch or 1)
+        else:
+            load_model_safely(model)
+    except ModelError as exc:
+        fail(str(exc))
+    return expand([model.stem], backends, precisions, scenarios, model=str(model.resolve()),
+                  inputs=tuple(inputs), input_data=str(input_data.resolve()) if input_data else None,
+                  expected=str(expected.resolve()) if expected else None)
+
+
 def _check_names(cells) -> None:
     from chipbench.backends.base import backend_names
     from chipbench.workloads.base import workload_names
 
     known_w, known_b = set(workload_names()), set(backend_names())
     for cell in cells:
-        if cell.workload not in known_w:
+        if cell.workload not in known_w and not cell.model:
             fail(f"unknown workload '{cell.workload}' (known: {', '.join(sorted(known_w))})")
         if cell.backend not in known_b:
             fail(f"unknown backend '{cell.backend}' (known: {', '.join(sorted(known_b))})")

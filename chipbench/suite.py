@@ -29,6 +29,10 @@ class Cell:
     timeout_s: float = 600.0
     tuning_db: str | None = None
     workload_params: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # bring-your-own ONNX file (then `workload` is its label)
+    inputs: tuple[str, ...] = ()  # NAME:SHAPE[:DTYPE] for a model's dynamic inputs
+    input_data: str | None = None  # arrays to feed the model (.npz, .npy, .pb, test-data folder)
+    expected: str | None = None  # the model's expected outputs on input_data
     settings: MeasureSettings = field(default_factory=MeasureSettings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -38,6 +42,7 @@ class Cell:
     def from_dict(cls, data: dict[str, Any]) -> Cell:
         data = dict(data)
         data["settings"] = MeasureSettings(**data.get("settings", {}))
+        data["inputs"] = tuple(data.get("inputs", ()))
         return cls(**data)
 
     def label(self) -> str:
