@@ -15,21 +15,31 @@ from chipbench.workloads.base import get_workload, workload_names
 
 # name -> field overrides giving a small, fast variant (untrained: fidelity of the graph only)
 SMALL = {
-    "defect-cnn": dict(image_size=64, width=8, blocks=(1, 1, 1, 1)),
+    "defect-cnn": dict(image_size=32, width=8, blocks=(1, 1, 1, 1)),
     "vibration-cnn1d": dict(window=512, width=8, train=False),
     "sensor-transformer": dict(steps=16, channels=8, d_model=32, layers=2, heads=4, train=False),
+    "edge-inspect": dict(image_size=32, width_mult=0.25, last_channels=64, train=False),
+    "defect-seg": dict(image_size=32, base=8, depth=2, train=False),
+    "rul-gru": dict(hidden=16, train=False),
+    "rul-tcn": dict(channels=16, levels=2, train=False),
+    "sensor-ae": dict(steps=16, channels=8, hidden=(64,), latent=8, train=False),
+    "doc-encoder": dict(seq=16, vocab=2000, d_model=64, layers=2, heads=4, ff=128),
+    "factory-llm": dict(vocab=1000, d_model=64, layers=2, heads=4, kv_heads=2, ffn=128,
+                        prompt_len=12, max_pos=64),
+    "factory-llm-decode": dict(vocab=1000, d_model=64, layers=2, heads=4, kv_heads=2, ffn=128,
+                               past_len=12, max_pos=64),
 }
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
+def _workload_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CHIPBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def test_catalogue_registered_and_described():
     names = workload_names()
-    for n in SMALL:
-        assert n in names
+    ours = [n for n in names if type(get_workload(n)).__module__.startswith("chipbench.workloads.")]
+    assert set(ours) == set(SMALL), "every workload needs a small variant in SMALL"
     for n in names:
         w = get_workload(n)
         d = w.describe()
@@ -63,6 +73,26 @@ def test_make_inputs_seeded(name):
         np.testing.assert_array_equal(a[k], b[k])
         assert np.isfinite(a[k]).all() if a[k].dtype == np.float32 else True
     assert any(not np.array_equal(a[k], c[k]) for k in a)
+
+
+DEFAULT_SHAPES = {  # the full-size workloads' input shapes at batch 2
+    "defect-cnn": {"image": (2, 3, 224, 224)},
+    "edge-inspect": {"image": (2, 3, 96, 96)},
+    "defect-seg": {"image": (2, 3, 96, 96)},
+    "vibration-cnn1d": {"signal": (2, 1, 2048)},
+    "rul-gru": {"sensors": (2, 30, 16)},
+    "rul-tcn": {"sensors": (2, 30, 16)},
+    "sensor-ae": {"sensors": (2, 64, 32)},
+    "sensor-transformer": {"sensors": (2, 128, 64)},
+    "doc-encoder": {"input_ids": (2, 128), "attention_mask": (2, 128)},
+    "factory-llm": {"input_ids": (2, 128)},
+}
+
+
+@pytest.mark.parametrize("name", list(DEFAULT_SHAPES))
+def test_default_input_shapes(name):
+    x = get_workload(name).make_inputs(2, 0)
+    assert {k: v.shape for k, v in x.items()} == DEFAULT_SHAPES[name]
 
 
 def export_onnx(w, model, inputs) -> bytes:
@@ -112,3 +142,30 @@ def test_build_is_seeded():
     w = get_workload("sensor-transformer", **SMALL["sensor-transformer"])
     a, b = w.build().state_dict(), w.build().state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_llm_decode_continues_prefill():
+    """The decode graph fed the prefill's KV cache gives the logits of a longer prefill."""
+    import torch
+
+    kw = SMALL["factory-llm"]
+    pre = get_workload("factory-llm", **{**kw, "prompt_len": 9})
+    dec = get_workload("factory-llm-decode", **{**kw, "past_len": 8})
+    ids = pre.make_inputs(2, 0)["input_ids"]
+    with torch.no_grad():
+        full = pre.build()(torch.from_numpy(ids))
+        short = get_workload("factory-llm", **{**kw, "prompt_len": 8}).build()(
+            torch.from_numpy(ids[:, :8]))
+        step = dec.build()(torch.from_numpy(ids[:, 8:]), torch.full((2,), 8), *short[1:])
+    torch.testing.assert_close(step[0], full[0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(step[1:], full[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    x = dec.make_inputs(2, 0)
+    assert x["past.0.key"].shape == (2, kw["kv_heads"], 8, kw["d_model"] // kw["heads"])
+    assert (x["position"] == 8).all()
+
+
+def test_untrained_and_trained_keys_differ():
+    a = get_workload("vibration-cnn1d").key()
+    b = get_workload("vibration-cnn1d", train=False).key()
+    assert a != b and a["name"] == "vibration-cnn1d"

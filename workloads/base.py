@@ -125,7 +125,17 @@ class Workload:
         }
 
 
-_MODULES = ("defect_cnn", "vibration", "sensor_transformer")
+_MODULES = (
+    "defect_cnn",
+    "edge_inspect",
+    "defect_seg",
+    "vibration",
+    "rul",
+    "sensor_ae",
+    "sensor_transformer",
+    "doc_encoder",
+    "factory_llm",
+)
 _REGISTRY: dict[str, type[Workload]] = {}
 
 

@@ -105,7 +105,8 @@ def fit(model: nn.Module, inputs: list[np.ndarray], target: np.ndarray,
     run = forward or model
     model.train()
     last = float("nan")
-    for _ in range(epochs):
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=g)
         total, count = 0.0, 0
         for i in range(0, n, batch_size):
@@ -117,9 +118,11 @@ def fit(model: nn.Module, inputs: list[np.ndarray], target: np.ndarray,
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             sched.step()
-            total += float(loss) * idx.numel()
+            total += float(loss.detach()) * idx.numel()
             count += idx.numel()
         last = total / count
+        print(f"  epoch {epoch + 1}/{epochs}: loss {last:.4f} ({time.perf_counter() - t0:.0f} s)",
+              file=sys.stderr, flush=True)
     model.eval()
     return {"epochs": epochs, "final_train_loss": round(last, 6), "samples": int(n)}
 
