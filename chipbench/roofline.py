@@ -35,6 +35,13 @@ class Ceilings:
         return cls(peaks[precision], profile.bandwidth_gbps)
 
 
+Roof = DeviceProfile | Ceilings  # a profile means its measured fp32 ceilings
+
+
+def ceilings(roof: Roof) -> Ceilings:
+    return roof if isinstance(roof, Ceilings) else Ceilings.of(roof)
+
+
 @dataclass(frozen=True)
 class Point:
     label: str
@@ -53,8 +60,9 @@ class Point:
         return asdict(self)
 
 
-def place(ceil: Ceilings, label: str, flops: float, nbytes: float, seconds: float, op_type: str = "") -> Point:
+def place(roof: Roof, label: str, flops: float, nbytes: float, seconds: float, op_type: str = "") -> Point:
     """One (flops, bytes, seconds) measurement against the ceilings."""
+    ceil = ceilings(roof)
     ai = flops / nbytes if nbytes else float("inf")
     gflops = flops / seconds / 1e9
     bound = ceil.attainable(ai)
@@ -68,23 +76,24 @@ def _seconds(op: Mapping[str, Any]) -> float:
     return float(op["time_us"]) / 1e6  # ONNX Runtime's profiler reports "dur" in microseconds
 
 
-def place_ops(ceil: Ceilings, ops: Iterable[Mapping[str, Any]]) -> list[Point]:
+def place_ops(roof: Roof, ops: Iterable[Mapping[str, Any]]) -> list[Point]:
     """A per-op profile (dicts with name, op_type, seconds or time_us, flops, bytes) placed op by
     op; ops with no time or no bytes (fused away, bookkeeping) are left out."""
     points = []
     for op in ops:
         seconds = _seconds(op)
         if seconds > 0 and op["bytes"] > 0:
-            points.append(place(ceil, op["name"], op["flops"], op["bytes"], seconds, op.get("op_type", "")))
+            points.append(place(roof, op["name"], op["flops"], op["bytes"], seconds, op.get("op_type", "")))
     return points
 
 
-def table(points: Iterable[Point], ceil: Ceilings | None = None) -> str:
+def table(points: Iterable[Point], roof: Roof | None = None) -> str:
     """A Markdown table, one row per point, slowest first."""
     rows = sorted(points, key=lambda p: -p.seconds)
     total = sum(p.seconds for p in rows) or 1.0
     lines = []
-    if ceil is not None:
+    if roof is not None:
+        ceil = ceilings(roof)
         lines.append(f"Ceilings: {ceil.peak_gflops:.1f} GFLOP/s, {ceil.bandwidth_gbps:.1f} GB/s, "
                      f"ridge {ceil.ridge:.2f} FLOP/B\n")
     lines += ["| op | type | time ms | % time | GFLOP | MB | FLOP/B | GFLOP/s | GB/s | bound | % of roofline |",
@@ -97,9 +106,10 @@ def table(points: Iterable[Point], ceil: Ceilings | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(ceil: Ceilings, points: list[Point], path: Path, title: str = "Roofline",
+def plot(roof: Roof, points: list[Point], path: Path, title: str = "Roofline",
          label_points: bool = True) -> list[Path]:
     """Log-log roofline with labelled points; writes `path` as .png and .svg, returns both."""
+    ceil = ceilings(roof)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -20,6 +20,7 @@ class MeasureSettings:
     min_count: int = 20
     min_duration_s: float = 1.0
     max_duration_s: float = 60.0  # a slow cell stops here (with at least 3 samples), saying so
+    max_count: int = 100_000  # a fast cell has enough samples here, whatever the duration
     offline_batch: int = 8
 
     def to_dict(self) -> dict:
@@ -53,7 +54,8 @@ def measure(query: Callable[[], object], settings: MeasureSettings) -> Measureme
         now = clock()
         append(now - t0)
         elapsed = now - begin
-        if elapsed >= settings.min_duration_s and len(samples) >= settings.min_count:
+        if (elapsed >= settings.min_duration_s and len(samples) >= settings.min_count) \
+                or len(samples) >= settings.max_count:
             note = None
             break
         if elapsed >= settings.max_duration_s and len(samples) >= 3:

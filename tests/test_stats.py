@@ -68,3 +68,15 @@ def test_gate_names_each_violation():
     assert check(Fidelity(0.0, 0.0, 1.0), tol) == []
     reasons = check(Fidelity(0.5, 1e-5, 1.0), tol)
     assert reasons == ["max_abs 0.5 > 0.001"]
+
+
+def test_large_samples_use_the_order_statistic_interval_which_agrees_with_the_bootstrap():
+    from chipbench.stats import BOOTSTRAP_MAX_N, order_statistic_median_ci
+
+    x = np.random.default_rng(2).lognormal(0, 0.3, BOOTSTRAP_MAX_N)
+    boot = bootstrap_median_ci(x, seed=0)
+    exact = order_statistic_median_ci(x)
+    assert exact[0] <= np.median(x) <= exact[1]
+    assert exact == pytest.approx(boot, rel=0.01)
+    big = np.concatenate([x, x])
+    assert bootstrap_median_ci(big) == order_statistic_median_ci(big)

@@ -33,7 +33,8 @@ class Tolerance:
 
 
 DEFAULT_TOLERANCES = {
-    "fp32": Tolerance(max_abs=1e-3, rel_l2=1e-4, min_cosine=0.99999),
+    # FP32 backends differ from torch only in reduction order and fused kernels (deep nets: ~1e-4).
+    "fp32": Tolerance(max_abs=5e-3, rel_l2=1e-3, min_cosine=0.99999),
     "fp16": Tolerance(max_abs=5e-2, rel_l2=5e-3, min_cosine=0.9995),
     "bf16": Tolerance(max_abs=2e-1, rel_l2=3e-2, min_cosine=0.995),
     "int8": Tolerance(max_abs=float("inf"), rel_l2=0.25, min_cosine=0.97),

@@ -1,0 +1,38 @@
+# chipbench: `make run` benchmarks the default suite and writes the report; `make test` tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+RESULTS ?= results
+SUITE  ?= suites/default.toml
+
+.PHONY: install run report test test-slow bench bench-kernels clean
+
+install: $(STAMP)
+
+# torch comes first and pinned (constraints.txt): a loose range would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/chipbench run --suite $(SUITE) --results-dir $(RESULTS)
+
+report: $(STAMP)
+	$(BIN)/chipbench report --results-dir $(RESULTS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not gpu and not rpc" tests/bench --benchmark-enable --benchmark-only \
+		--benchmark-json=$(RESULTS)/bench.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks
