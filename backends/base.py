@@ -20,7 +20,23 @@ Arrays = dict[str, np.ndarray]
 
 
 class Unsupported(Exception):
-    """This backend cannot run this model or configuration (a reason, not a crash)."""
+    """This backend cannot run this model or configuration (a reason, not a crash).
+    `ops` names the ONNX operators at fault, when that is what it is."""
+
+    def __init__(self, message: str, ops: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.ops = tuple(ops)
+
+
+def require_precision(backend: Backend, spec: CompileSpec) -> None:
+    if spec.precision not in backend.precisions:
+        raise Unsupported(f"{backend.name} runs {', '.join(backend.precisions)}, not {spec.precision}")
+
+
+def calibration_of(spec: CompileSpec) -> tuple[Callable[[], list[Arrays]], Mapping[str, Any]]:
+    if spec.calibration is None or spec.calibration_key is None:
+        raise Unsupported("int8 needs calibration data, and this model has none")
+    return spec.calibration, spec.calibration_key
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,7 @@ class CompileSpec:
     example_inputs: Arrays | None = None  # the inputs the cell will time (for ahead-of-time warm-up)
     reference_outputs: Arrays | None = None  # what the null backend hands back
     calibration: Callable[[], list[Arrays]] | None = None  # batches for static quantization
+    calibration_key: Mapping[str, Any] | None = None  # what those batches are (for caches)
 
 
 @dataclass

@@ -6,7 +6,10 @@ import importlib.util
 import os
 import time
 
-from chipbench.backends.base import Arrays, Compiled, CompileSpec, ModelSource, Unsupported, register
+from pathlib import Path
+
+from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
+                                     register, require_precision)
 
 
 def default_threads() -> int:
@@ -16,7 +19,7 @@ def default_threads() -> int:
 @register("ort-cpu")
 class OrtCpu:
     description = "ONNX Runtime, CPU execution provider"
-    precisions = ("fp32",)
+    precisions = ("fp32", "fp16", "int8")
 
     def available(self) -> tuple[bool, str]:
         if importlib.util.find_spec("onnxruntime") is None:
@@ -31,16 +34,23 @@ class OrtCpu:
     def compile(self, source: ModelSource, spec: CompileSpec) -> Compiled:
         import onnxruntime as ort
 
-        if spec.precision not in self.precisions:
-            raise Unsupported(f"ort-cpu runs {', '.join(self.precisions)}, not {spec.precision}")
+        require_precision(self, spec)
+        start = time.perf_counter()
+        model_path = _model_for(source.onnx_path, spec)
+        convert_s = time.perf_counter() - start
         threads = spec.threads or default_threads()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         start = time.perf_counter()
-        session = ort.InferenceSession(str(source.onnx_path), opts, providers=["CPUExecutionProvider"])
-        compile_s = time.perf_counter() - start
+        try:
+            session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            if "NOT_IMPLEMENTED" in str(exc):  # no CPU kernel for an op at this precision
+                raise Unsupported(f"ort-cpu {spec.precision}: {str(exc).splitlines()[0][:300]}") from None
+            raise
+        compile_s = time.perf_counter() - start + convert_s
         names = [o.name for o in session.get_outputs()]
 
         def run(inputs: Arrays) -> Arrays:
@@ -49,8 +59,20 @@ class OrtCpu:
         return Compiled(
             run=run,
             compile_s=compile_s,
-            artifact_bytes=source.onnx_bytes(),
+            artifact_bytes=model_path.stat().st_size,
             target="cpu",
-            pipeline="ORT_ENABLE_ALL",
+            pipeline="ORT_ENABLE_ALL" + {"int8": ", QDQ int8 static quantization", "fp16": ", fp16 weights"}.get(spec.precision, ""),
             details={"threads": threads, "providers": session.get_providers()},
         )
+
+
+def _model_for(onnx_path: Path, spec: CompileSpec) -> Path:
+    """The ONNX file to run at the spec's precision (converted variants are cached)."""
+    from chipbench import quantize
+
+    if spec.precision == "int8":
+        batches, key = calibration_of(spec)
+        return quantize.int8_model(onnx_path, batches, dict(key))
+    if spec.precision == "fp16":
+        return quantize.fp16_model(onnx_path)
+    return onnx_path

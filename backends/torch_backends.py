@@ -6,11 +6,14 @@ import importlib.util
 import shutil
 import time
 
-from chipbench.backends.base import Arrays, Compiled, CompileSpec, ModelSource, Unsupported, register
+from chipbench.backends.base import Arrays, Compiled, CompileSpec, ModelSource, Unsupported, register, require_precision
+
+
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 class _TorchBase:
-    precisions = ("fp32",)
+    precisions = ("fp32", "fp16", "bf16")
     compiled_mode = False
 
     def available(self) -> tuple[bool, str]:
@@ -28,23 +31,27 @@ class _TorchBase:
 
         if source.build_torch is None:
             raise Unsupported(f"{self.name} needs the torch model; '{source.name}' is ONNX only")
-        if spec.precision not in self.precisions:
-            raise Unsupported(f"{self.name} runs {', '.join(self.precisions)}, not {spec.precision}")
+        require_precision(self, spec)
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        model = source.build_torch().eval()
+        dtype = getattr(torch, _DTYPES[spec.precision])
+        model = source.build_torch().eval().to(dtype)
         start = time.perf_counter()
         fn = self._prepare(model)
         compile_s = time.perf_counter() - start
         names = source.input_names
         out_names = source.output_names
 
+        def cast(t):  # weights and float inputs in the precision; ids stay integers
+            return t.to(dtype) if t.is_floating_point() else t
+
         @torch.inference_mode()
         def run(inputs: Arrays) -> Arrays:
-            outs = fn(*(torch.from_numpy(inputs[n]) for n in names))
+            outs = fn(*(cast(torch.from_numpy(inputs[n])) for n in names))
             if isinstance(outs, torch.Tensor):
                 outs = (outs,)
-            return {n: o.numpy() for n, o in zip(out_names, _flatten(outs))}
+            return {n: o.float().numpy() if o.is_floating_point() else o.numpy()
+                    for n, o in zip(out_names, _flatten(outs))}
 
         if self.compiled_mode:
             # inductor compiles on the first call; count that as compile time, not run time
@@ -57,7 +64,7 @@ class _TorchBase:
             run=run,
             compile_s=compile_s,
             target="cpu",
-            pipeline=self.pipeline,
+            pipeline=self.pipeline + ("" if spec.precision == "fp32" else f", {_DTYPES[spec.precision]} weights"),
             details={"threads": torch.get_num_threads()},
         )
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from chipbench.backends.base import Arrays, Compiled, CompileSpec, ModelSource, Unsupported, register
+from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
+                                     register, require_precision)
 
 
 def host_target(threads: int | None = None) -> Any:
@@ -40,7 +41,8 @@ def import_onnx(onnx_path: Path) -> tuple[Any, list[Any]]:
         mod = from_onnx(model, keep_params_in_input=True)
     except Exception as exc:  # the importer raises OpNotImplemented and friends, all one line
         if type(exc).__name__ == "OpNotImplemented":
-            raise Unsupported(f"TVM Relax ONNX importer: {exc}") from None
+            ops = tuple(o.strip() for o in str(exc).rpartition(":")[2].split(",") if o.strip())
+            raise Unsupported(f"TVM Relax ONNX importer: {exc}", ops=ops) from None
         raise
     mod, params = relax.frontend.detach_params(mod)
     return mod, list(params.get("main", []))
@@ -107,7 +109,9 @@ def library_bytes(exe: Any) -> int:
 @register("tvm-llvm")
 class TvmLlvm:
     description = "Apache TVM Relax, LLVM for the host CPU, Relax VM"
-    precisions = ("fp32",)
+    # int8 runs ONNX Runtime's QDQ-quantized model; TVM lowers its Q/DQ pairs literally, so the
+    # arithmetic stays fp32 between them (int8 accuracy, no int8 speed): the pipeline says so.
+    precisions = ("fp32", "int8")
 
     def available(self) -> tuple[bool, str]:
         if importlib.util.find_spec("tvm") is None:
@@ -123,12 +127,19 @@ class TvmLlvm:
         import tvm
         from tvm import relax
 
-        if spec.precision not in self.precisions:
-            raise Unsupported(f"{self.name} runs {', '.join(self.precisions)}, not {spec.precision}")
+        require_precision(self, spec)
         target = tvm.target.Target(spec.target) if spec.target else host_target(spec.threads)
         start = time.perf_counter()
-        mod, weights = import_onnx(source.onnx_path)
+        onnx_path = source.onnx_path
+        if spec.precision == "int8":
+            from chipbench.quantize import int8_model
+
+            batches, key = calibration_of(spec)
+            onnx_path = int8_model(onnx_path, batches, dict(key))
+        mod, weights = import_onnx(onnx_path)
         exe, pipeline = build(mod, target, spec.tuning_db)
+        if spec.precision == "int8":
+            pipeline += ", ORT QDQ int8 model (Q/DQ lowered literally: fp32 compute)"
         compile_s = time.perf_counter() - start
         device = tvm.cpu()
         vm = relax.VirtualMachine(exe, device)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from chipbench.accuracy import check, fidelity
-from chipbench.backends.base import Compiled, CompileSpec, Unsupported, get_backend
+from chipbench.backends.base import Arrays, Compiled, CompileSpec, Unsupported, get_backend
 from chipbench.byo import ModelError, prepare_model
 from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
@@ -22,7 +24,8 @@ from chipbench.record import RunRecord
 from chipbench.scenarios import batch_for, measure
 from chipbench.stats import LatencyStats
 from chipbench.suite import Cell
-from chipbench.workloads.base import DEFAULT_TOLERANCES, Tolerance, get_workload
+from chipbench.taskeval import calibration_for, task_accuracy
+from chipbench.workloads.base import DEFAULT_TOLERANCES, Tolerance, Workload, get_workload
 
 
 def one_line(exc: BaseException) -> str:
@@ -65,14 +68,51 @@ def describe_workload(cell: Cell) -> dict:
         return {"name": cell.workload, "scenario": "", "params": dict(cell.workload_params)}
 
 
-def prepare(cell: Cell, batch: int) -> tuple[Prepared, Tolerance, list[str]]:
-    """Model, inputs and reference for the cell; notes say what the reference is."""
+@dataclass
+class Preparation:
+    prepared: Prepared
+    tolerance: Tolerance
+    notes: list[str]
+    workload: Workload | None = None  # None for a foreign ONNX model
+    calibration: tuple | None = None  # (batches callable, key) for int8
+
+
+def prepare(cell: Cell, batch: int) -> Preparation:
+    """Model, inputs, reference and calibration data for the cell."""
     if cell.model:
         prepared, reference_from = prepare_model(cell.model, list(cell.inputs), cell.expected,
                                                  cell.input_data, batch, cell.seed)
-        return prepared, DEFAULT_TOLERANCES[cell.precision], [f"reference: {reference_from}"]
+        synthetic = (lambda: [make_model_inputs(prepared, 10_000 + i) for i in range(8)],
+                     {"model": prepared.onnx_sha256, "split": "synthetic", "n": 8 * batch})
+        return Preparation(prepared, DEFAULT_TOLERANCES[cell.precision], [f"reference: {reference_from}"],
+                           calibration=synthetic)
     workload = get_workload(cell.workload, **cell.workload_params)
-    return prepare_workload(workload, batch, cell.seed), workload.tolerance(cell.precision), []
+    return Preparation(prepare_workload(workload, batch, cell.seed), workload.tolerance(cell.precision), [],
+                       workload, calibration_for(workload, batch))
+
+
+def make_model_inputs(prepared: Prepared, seed: int) -> Arrays:
+    from chipbench.byo import make_inputs
+
+    return make_inputs({k: (v.shape, v.dtype.name) for k, v in prepared.inputs.items()}, seed)
+
+
+def onnx_ops(path: Path) -> dict[str, int]:
+    """How many nodes of each operator type the model's main graph has."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return dict(sorted(Counter(node.op_type for node in graph.node).items()))
+
+
+def coverage(ops: dict[str, int], status: str, failed_ops: tuple[str, ...] = ()) -> dict:
+    """Per ONNX operator: "ran", or where a backend stopped, "unsupported" for the operators at
+    fault and "not reached" for the others (or "failed" when no operator was named)."""
+    if failed_ops:
+        per_op = {op: "unsupported" if op in failed_ops else "not reached" for op in ops}
+    else:
+        per_op = {op: status for op in ops}
+    return {"ops": ops, "status": per_op}
 
 
 def execute(cell: Cell) -> RunRecord:
@@ -88,42 +128,56 @@ def execute(cell: Cell) -> RunRecord:
 
     batch = batch_for(cell.scenario, cell.batch, cell.settings)
     try:
-        prepared, tolerance, notes = prepare(cell, batch)
+        prep = prepare(cell, batch)
     except (PrepareError, ModelError, KeyError, TypeError, ValueError) as exc:
         return base_record(cell, "failed", f"prepare: {one_line(exc)}", backend=backend_info)
+    prepared = prep.prepared
     provenance = {"onnx_sha256": prepared.onnx_sha256, "exporter": prepared.exporter, "opset": prepared.opset}
+    # Torch backends run the torch model, not the ONNX graph: operator coverage is the ONNX stacks'.
+    ops = onnx_ops(prepared.source.onnx_path) if not cell.backend.startswith("torch") else None
 
     spec = CompileSpec(
         precision=cell.precision, batch=batch, threads=cell.threads,
         tuning_db=Path(cell.tuning_db) if cell.tuning_db else None,
         example_inputs=prepared.inputs, reference_outputs=prepared.reference,
+        calibration=prep.calibration[0] if prep.calibration else None,
+        calibration_key=prep.calibration[1] if prep.calibration else None,
     )
     try:
         compiled = backend.compile(prepared.source, spec)
     except Unsupported as exc:
-        return base_record(cell, "unsupported", str(exc), backend=backend_info, provenance=provenance)
+        return base_record(cell, "unsupported", str(exc), backend=backend_info, provenance=provenance,
+                           coverage=coverage(ops, "unsupported", exc.ops) if ops and exc.ops else None)
     except Exception as exc:
-        return base_record(cell, "failed", f"compile: {one_line(exc)}", backend=backend_info, provenance=provenance)
+        return base_record(cell, "failed", f"compile: {one_line(exc)}", backend=backend_info, provenance=provenance,
+                           coverage=coverage(ops, "failed") if ops else None)
     backend_info.update(target=compiled.target, pipeline=compiled.pipeline,
                         tuning_db=compiled.tuning_db, details=compiled.details)
     compile_info = {"seconds": compiled.compile_s, "artifact_bytes": compiled.artifact_bytes}
     try:
-        return _measure(cell, prepared, tolerance, notes, compiled, backend_info, compile_info, provenance)
+        return _measure(cell, prep, compiled, backend_info, compile_info, provenance,
+                        coverage(ops, "ran") if ops else None)
     except Exception as exc:
         return base_record(cell, "failed", f"run: {one_line(exc)}", backend=backend_info,
-                           compile=compile_info, provenance=provenance)
+                           compile=compile_info, provenance=provenance,
+                           coverage=coverage(ops, "failed") if ops else None)
     finally:
         if compiled.close:
             compiled.close()
 
 
-def _measure(cell, prepared: Prepared, tol: Tolerance, notes: list[str], compiled: Compiled,
-             backend_info, compile_info, provenance):
-    inputs = prepared.inputs
+def _measure(cell, prep: Preparation, compiled: Compiled, backend_info, compile_info, provenance, ops_coverage):
+    inputs = prep.prepared.inputs
     outputs = compiled.run(inputs)
-    fid = fidelity(outputs, prepared.reference)
-    failures = check(fid, tol)
-    accuracy = {"fidelity": fid.to_dict(), "tolerance": dict(vars(tol)), "failures": failures, "task": None}
+    fid = fidelity(outputs, prep.prepared.reference)
+    failures = check(fid, prep.tolerance)
+    task = None
+    if prep.workload is not None and prep.workload.task_metric and cell.task_samples > 0:
+        batch = next(iter(inputs.values())).shape[0]
+        task = task_accuracy(compiled.run, prep.workload, batch, cell.task_samples)
+        failures += task["failures"]
+    accuracy = {"fidelity": fid.to_dict(), "tolerance": dict(vars(prep.tolerance)), "failures": failures,
+                "task": task}
 
     run = compiled.run
     m = measure(lambda: run(inputs), cell.settings)
@@ -134,7 +188,8 @@ def _measure(cell, prepared: Prepared, tol: Tolerance, notes: list[str], compile
         cell, "ok", "; ".join(failures) or None,
         backend=backend_info, compile=compile_info, provenance=provenance,
         latency=stats.to_dict(), throughput=throughput, accuracy=_finite(accuracy),
-        verdict="INVALID" if failures else "VALID", notes=notes + ([m.note] if m.note else []),
+        verdict="INVALID" if failures else "VALID", notes=prep.notes + ([m.note] if m.note else []),
+        coverage=ops_coverage,
     )
 
 

@@ -73,6 +73,7 @@ def run(
     min_count: Annotated[Optional[int], typer.Option("--min-count", help="Queries each cell measures at least.")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds before a cell is killed.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    task_samples: Annotated[Optional[int], typer.Option("--task-samples", help="Test samples for the task metric (0: fidelity only).")] = None,
     tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="MetaSchedule database for TVM.")] = None,
     results_dir: ResultsDir = Path("results"),
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report after the sweep.")] = True,
@@ -95,7 +96,7 @@ def run(
         if suite is not None and (scenario or precision):
             fail("--scenario/--precision go with -w/-b; a suite names its own")
         cells = with_overrides(cells, batch=batch, min_duration_s=min_duration, min_count=min_count,
-                               timeout_s=timeout, seed=seed, tuning_db=str(tuning_db) if tuning_db else None)
+                               timeout_s=timeout, seed=seed, task_samples=task_samples, tuning_db=str(tuning_db) if tuning_db else None)
     except SuiteError as exc:
         fail(str(exc))
     _check_names(cells)

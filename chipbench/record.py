@@ -30,6 +30,7 @@ class RunRecord:
     compile: dict[str, Any] = field(default_factory=dict)  # seconds, artifact_bytes
     provenance: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    coverage: dict[str, Any] | None = None  # ONNX operators: counts and what became of each
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
     id: str = ""

@@ -89,6 +89,80 @@ def build_tables(records: list[RunRecord]) -> list[Table]:
     return list(tables.values())
 
 
+@dataclass
+class PrecisionRow:
+    workload: str
+    backend: str
+    precision: str
+    p50: float | None
+    speedup: float | None  # fp32 p50 / this p50, same backend, workload and scenario
+    rel_l2: float | None
+    task: str
+    verdict: str
+
+
+def precision_rows(records: list[RunRecord]) -> list[PrecisionRow]:
+    """What each precision buys in speed and costs in accuracy, per (workload, backend)."""
+    by_key: dict[tuple, dict[str, RunRecord]] = {}
+    for r in records:
+        by_key.setdefault((r.workload["name"], r.backend["name"], r.scenario["name"]), {})[r.precision] = r
+    rows = []
+    for (workload, backend, _), precs in sorted(by_key.items()):
+        if len(precs) < 2:
+            continue
+        base = precs.get("fp32")
+        base_p50 = base.latency["median"] if base and base.status == "ok" else None
+        for precision in ("fp32", "fp16", "bf16", "int8"):
+            r = precs.get(precision)
+            if r is None:
+                continue
+            p50 = r.latency["median"] if r.status == "ok" else None
+            rows.append(PrecisionRow(
+                workload, backend, precision, p50,
+                base_p50 / p50 if base_p50 and p50 else None,
+                ((r.accuracy or {}).get("fidelity") or {}).get("rel_l2"),
+                task_summary(r), r.verdict or r.status.upper()))
+    return rows
+
+
+def task_summary(r: RunRecord) -> str:
+    task = (r.accuracy or {}).get("task")
+    if not task:
+        return "–"
+    return f"{task['metric']} {task['value']:.4g} (FP32 {task['reference']:.4g}, n={task['samples']})"
+
+
+def coverage_matrix(records: list[RunRecord]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """ONNX operators × backends: ✓ where it ran everywhere it appeared, ✗ naming the workloads
+    where the backend could not run it, · where the backend stopped before reaching it."""
+    backends: list[str] = []
+    cells: dict[str, dict[str, dict[str, set[str]]]] = {}
+    for r in records:
+        if not r.coverage:
+            continue
+        b = r.backend["name"]
+        if b not in backends:
+            backends.append(b)
+        for op, status in r.coverage["status"].items():
+            cells.setdefault(op, {}).setdefault(b, {}).setdefault(status, set()).add(r.workload["name"])
+    rows = []
+    for op in sorted(cells):
+        row = []
+        for b in backends:
+            seen = cells[op].get(b, {})
+            if not seen:
+                row.append("")
+            elif "unsupported" in seen or "failed" in seen:
+                bad = sorted(seen.get("unsupported", set()) | seen.get("failed", set()))
+                row.append("✗ " + ", ".join(bad))
+            elif "ran" in seen:
+                row.append("✓" if "not reached" not in seen else "✓ (· " + ", ".join(sorted(seen["not reached"])) + ")")
+            else:
+                row.append("·")
+        rows.append((op, row))
+    return backends, rows
+
+
 def environment(records: list[RunRecord]) -> dict[str, str]:
     """The machine and software most records were measured with (differences are listed per run)."""
     if not records:
@@ -130,6 +204,9 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report") 
         problems=[r for r in records if r.status != "ok" or r.verdict == "INVALID"],
         runs=sorted(ok, key=lambda r: (r.scenario["name"], r.precision, r.workload["name"], r.backend["name"])),
         untuned=any(cell_summary(r)["untuned"] for r in ok),
+        precision_rows=precision_rows(records),
+        coverage=coverage_matrix(records),
+        task_summary=task_summary,
         counts=Counter(r.status for r in records),
     )
 

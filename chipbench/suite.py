@@ -28,6 +28,7 @@ class Cell:
     threads: int | None = None
     timeout_s: float = 600.0
     tuning_db: str | None = None
+    task_samples: int = 256  # test-split samples for the task metric (0: fidelity only)
     workload_params: dict[str, Any] = field(default_factory=dict)
     model: str | None = None  # bring-your-own ONNX file (then `workload` is its label)
     inputs: tuple[str, ...] = ()  # NAME:SHAPE[:DTYPE] for a model's dynamic inputs

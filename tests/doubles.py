@@ -78,3 +78,28 @@ class MissingBackend(NullBackend):
 
     def available(self):
         return False, "libfoo runtime not found"
+
+
+@register_workload
+@dataclass(frozen=True)
+class TinyClassifier(TinyMlp):
+    """tiny-mlp with labelled data: the labels are the FP32 model's own predictions, so the
+    reference accuracy is exactly 1 and any backend that computes something else shows it."""
+
+    name = "tiny-classifier"
+    scenario = "test double: classify sensor feature vectors"
+    task_metric = "accuracy"
+    higher_is_better = True
+
+    def dataset(self, split, n=None):
+        import torch
+
+        n = n or 64
+        x = np.random.default_rng({"train": 1, "calibration": 2, "test": 3}[split]).standard_normal(
+            (n, self.features), dtype=np.float32)
+        with torch.inference_mode():
+            labels = self.build()(torch.from_numpy(x)).argmax(1).numpy()
+        return {"input": x}, labels
+
+    def metric(self, outputs, labels):
+        return float((outputs["output"].argmax(1) == labels).mean())

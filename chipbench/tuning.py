@@ -1,0 +1,929 @@
+"""MetaSchedule tuning for the host CPU: exactly keyed, persistent, resumable databases.
+
+A tuning database is a folder
+
+    <root>/<target-slug>/<model-label>-<key-hash>/
+        key.json                        the full key: model (ONNX sha256 + workload key, batch,
+                                        exporter, or kernel case) and the canonical TVM target
+        database_workload.json          MetaSchedule JSONDatabase (what `backends.tvm.build`
+        database_tuning_record.json     applies with MetaScheduleApplyDatabase)
+        meta.json                       trials, tuning seconds, rounds, tasks, failed tasks
+        curve.json                      [(trials, tuning seconds, latency ms), ...] per round
+        work/                           worker logs, MetaSchedule logs, inputs (never shipped)
+
+`<root>` is `RESULTS_DIR/tuning` for `chipbench tune`, and `results/tuned` in the repository
+for shipped, pre-tuned databases (like TVM's old TopHub: records per target). The folder
+name only spreads folders out; a lookup always reads key.json and compares exactly.
+
+Lookup (`find_database`), as the `tvm-llvm-tuned` backend does it: the model is identified by
+the sha256 of its ONNX file (what every backend compiles, and what the run record carries as
+provenance) and the target by its canonical TVM JSON string. A folder matches when its
+key.json has exactly that `model.onnx_sha256` and exactly that `target`.
+
+Tuning runs in rounds, each in a worker subprocess (`python -m chipbench.tuning worker ...`):
+the worker extracts tasks from the fused module (the same passes `build()` uses, so database
+keys match), tunes R trials with MetaSchedule (builder and runner in their own process pools,
+so a candidate that crashes or hangs costs one measurement), then compiles with the database
+and measures latency. A worker that dies (a crash inside MetaSchedule itself) is blamed on the
+task it was working on (from the task scheduler's log); that task is recorded as failed and
+the round goes on without it. When no task can be blamed, each task is retried in its own
+worker to find the culprit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+KEY_FORMAT = 1
+KEY_FILE = "key.json"
+META_FILE = "meta.json"
+CURVE_FILE = "curve.json"
+RECORD_FILES = ("database_workload.json", "database_tuning_record.json")
+SHIPPED_FILES = (KEY_FILE, *RECORD_FILES, META_FILE, CURVE_FILE)
+TUNING_SUBDIR = "tuning"  # RESULTS_DIR/tuning
+ENV_DIRS = "CHIPBENCH_TUNING_DIRS"  # extra roots, os.pathsep-separated
+
+
+class TuningError(Exception):
+    """Tuning could not start or finish (bad input, locked database, no tasks)."""
+
+
+def shipped_root() -> Path:
+    """`results/tuned/` in the source tree: pre-tuned databases that ship with chipbench."""
+    return Path(__file__).resolve().parent.parent / "results" / "tuned"
+
+
+# --------------------------------------------------------------------------- keys and lookup
+
+def canonical_target(target: str | dict | None = None, threads: int | None = None) -> str:
+    """The canonical TVM target string (JSON) that keys a database: the host CPU by default."""
+    import tvm
+
+    if target is None:
+        from chipbench.backends.tvm import host_target
+
+        return str(host_target(threads))
+    if isinstance(target, str):
+        return str(tvm.target.Target(target))
+    return str(tvm.target.Target(dict(target)))
+
+
+def target_slug(target: str) -> str:
+    """A readable folder name for a target, e.g. 'llvm-znver4-2c' (+ a hash when it has
+    attributes beyond kind, mcpu and num-cores, so distinct targets never share a folder)."""
+    try:
+        spec = json.loads(target)
+    except ValueError:
+        spec = {"kind": target}
+    parts = [str(spec.get("kind", "target")), str(spec.get("mcpu") or "generic")]
+    if spec.get("num-cores"):
+        parts.append(f"{spec['num-cores']}c")
+    plain = {"kind", "mcpu", "num-cores", "tag", "keys"}
+    extra = {k: v for k, v in spec.items() if k not in plain}
+    if extra or spec.get("keys", ["cpu"]) != ["cpu"] or spec.get("tag"):
+        parts.append(hashlib.sha256(target.encode()).hexdigest()[:8])
+    return _safe("-".join(parts))
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-")[:80] or "model"
+
+
+def _key_text(key: dict) -> str:
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def database_key(model: dict, target: str) -> dict:
+    """The full key of a database. `model` must carry `onnx_sha256` and `name`."""
+    if "onnx_sha256" not in model or "name" not in model:
+        raise ValueError("a tuning key's model needs 'name' and 'onnx_sha256'")
+    return {"format": KEY_FORMAT, "model": model, "target": target}
+
+
+def database_folder(root: Path, key: dict) -> Path:
+    digest = hashlib.sha256(_key_text(key).encode()).hexdigest()[:12]
+    return Path(root) / target_slug(key["target"]) / f"{_safe(key['model']['name'])}-{digest}"
+
+
+def read_key(folder: Path) -> dict | None:
+    try:
+        return json.loads((Path(folder) / KEY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def key_matches(key: dict | None, onnx_sha256: str, target: str) -> bool:
+    """Exact comparison: the model's ONNX content hash and the canonical target string."""
+    return (isinstance(key, dict) and key.get("format") == KEY_FORMAT
+            and isinstance(key.get("model"), dict)
+            and key["model"].get("onnx_sha256") == onnx_sha256 and key.get("target") == target)
+
+
+def search_roots(extra: Iterable[Path | str] = ()) -> list[Path]:
+    """Where `tvm-llvm-tuned` looks, in order: roots it is given (--tuning-db, options),
+    $CHIPBENCH_TUNING_DIRS, ./results/tuning (the default results dir), the shipped results/tuned."""
+    roots = [Path(p) for p in extra if p]
+    roots += [Path(p) for p in os.environ.get(ENV_DIRS, "").split(os.pathsep) if p]
+    roots += [Path("results") / TUNING_SUBDIR, shipped_root()]
+    seen, out = set(), []
+    for r in roots:
+        resolved = r.resolve()
+        if resolved not in seen:
+            seen.add(resolved)
+            out.append(r)
+    return out
+
+
+def candidate_folders(roots: Sequence[Path], target: str) -> list[Path]:
+    """Database folders under the roots' slug folder for this target (a root may itself be a
+    slug folder or a database folder)."""
+    slug = target_slug(target)
+    out: list[Path] = []
+    for root in roots:
+        root = Path(root)
+        if (root / KEY_FILE).is_file():
+            out.append(root)
+            continue
+        for base in (root / slug, root):
+            if base.is_dir():
+                out += sorted(p for p in base.iterdir() if (p / KEY_FILE).is_file())
+    return out
+
+
+def find_database(onnx_sha256: str, target: str, roots: Sequence[Path] | None = None) -> Path | None:
+    """The database folder whose key.json names exactly this model and target; the first root
+    that has one wins, and within a root the one with the most trials."""
+    for root in roots if roots is not None else search_roots():
+        matches = [f for f in candidate_folders([root], target) if key_matches(read_key(f), onnx_sha256, target)]
+        if matches:
+            return max(matches, key=record_count)
+    return None
+
+
+def record_count(folder: Path) -> int:
+    """Measured candidates in the database (one line per tuning record)."""
+    path = Path(folder) / RECORD_FILES[1]
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def records_digest(folder: Path) -> str:
+    """sha256 over key.json and the two record files: what a tuned build depends on."""
+    digest = hashlib.sha256()
+    for name in (KEY_FILE, *RECORD_FILES):
+        path = Path(folder) / name
+        digest.update(name.encode())
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return digest.hexdigest()
+
+
+def read_meta(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / META_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def read_curve(folder: Path) -> list[dict]:
+    try:
+        return json.loads((Path(folder) / CURVE_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+
+
+# --------------------------------------------------------------------------- TVM helpers
+
+def load_cpu_intrinsics() -> None:
+    """Register the x86 tensor intrinsics (VNNI, AVX-512 dot products) without the rest.
+
+    `import tvm.s_tir.tensor_intrin` imports every target's intrinsics (CUDA, ROCm, Metal,
+    Hexagon, ...) by parsing TVMScript, which takes 60-140 s per process here; MetaSchedule
+    does it in every TuneContext and in every default builder job. For the CPU only x86 is
+    needed (~1 s). We put an empty package object in its place and import x86.py into it.
+    A process that later needs GPU intrinsics must not call this (tuning workers and the
+    tuned CPU backend's cell subprocess do not)."""
+    import importlib
+    import importlib.util
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        import tvm.s_tir  # noqa: F401  (the parent package must exist)
+
+        spec = importlib.util.find_spec(name)
+        pkg = types.ModuleType(name)
+        pkg.__path__ = list(spec.submodule_search_locations or [])
+        pkg.__package__ = name
+        pkg.__file__ = spec.origin
+        pkg.__doc__ = "chipbench: x86 intrinsics only (see chipbench.tuning.load_cpu_intrinsics)"
+        sys.modules[name] = pkg
+    importlib.import_module(name + ".x86")
+
+
+def build_without_gpu_intrinsics(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule builder function: `default_build` minus its import of every target's
+    tensor intrinsics (which alone outlasts the builder's timeout). Runs in builder workers."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def fuse_for_tuning(mod: Any, target: Any) -> Any:
+    """The passes `backends.tvm.build` runs before MetaScheduleApplyDatabase (library
+    dispatch + fusion_passes): tasks are extracted from this, so their keys match the build."""
+    import tvm
+    from tvm.relax import pipeline as relax_pipeline
+
+    from chipbench.backends.tvm import fusion_passes
+
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential([*relax_pipeline.library_dispatch_passes(target), *fusion_passes()])(mod)
+
+
+def extract(fused: Any, target: Any) -> list[Any]:
+    from tvm.s_tir import meta_schedule as ms
+
+    return list(ms.relax_integration.extract_tasks(fused, target))
+
+
+def coverage(fused: Any, target: Any, database_dir: Path, tasks: list[Any] | None = None) -> dict:
+    """Per extracted task: does the database hold a measured record for it, and does
+    MetaScheduleApplyDatabase (what `build()` runs) actually schedule it? Both counts matter:
+    a record stored under a key the build never queries is silently ignored."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = tasks if tasks is not None else extract(fused, target)
+    database = ms.database.JSONDatabase(work_dir=str(database_dir), module_equality="structural")
+    with_record, without = [], []
+    for task in tasks:
+        found = database.query_tuning_record(task.dispatched[0], target, task.task_name)
+        (with_record if found is not None else without).append(task.task_name)
+    with target, database, tvm.transform.PassContext(opt_level=3):
+        applied_mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
+    scheduled = sorted(
+        gv.name_hint for gv, f in applied_mod.functions.items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False))
+    )
+    return {"tasks_found": len(tasks), "tasks_with_record": len(with_record), "tasks_applied": len(scheduled),
+            "tasks_without_record": sorted(without)}
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass
+class TuneResult:
+    folder: Path
+    key: dict
+    trials: int  # measured candidates in the database (all sessions)
+    tuning_s: float  # tuning wall time (all sessions), excluding latency measurements
+    rounds_run: int  # rounds run by this call
+    tasks: list[dict]  # {"name", "weight"} per extracted task
+    failed_tasks: dict[str, dict]  # task name -> {"reason", "round", "at"}
+    coverage: dict  # tasks_found / tasks_with_record / tasks_applied / tasks_without_record
+    curve: list[dict]  # per round: trials, tuning_s, latency_ms, ...
+    untuned_ms: float | None
+    tuned_ms: float | None
+    ort_ms: float | None
+    break_even: dict | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["folder"] = str(self.folder)
+        return d
+
+
+def break_even(untuned_ms: float | None, tuned_ms: float | None, tuning_s: float,
+               ort_ms: float | None = None) -> dict | None:
+    """How many inferences the tuning time pays back: tuning_s / (untuned - tuned) per query."""
+    if untuned_ms is None or tuned_ms is None:
+        return None
+    saved_s = (untuned_ms - tuned_ms) / 1000.0
+    out: dict[str, Any] = {"untuned_ms": untuned_ms, "tuned_ms": tuned_ms, "tuning_s": tuning_s,
+                           "speedup": untuned_ms / tuned_ms if tuned_ms > 0 else None,
+                           "saved_ms_per_inference": saved_s * 1000.0}
+    if saved_s > 0:
+        n = tuning_s / saved_s
+        out["inferences"] = math.ceil(n)
+        out["hours_at_tuned_latency"] = n * tuned_ms / 1000.0 / 3600.0
+    else:
+        out["inferences"] = None  # never: tuning made it no faster
+    if ort_ms is not None:
+        out["ort_ms"] = ort_ms
+        out["vs_ort"] = tuned_ms / ort_ms if ort_ms > 0 else None
+    return out
+
+
+# --------------------------------------------------------------------------- the tuning loop
+
+def tune(workload_or_kernel: str, trials: int, results_dir: Path, rounds: int = 1, *,
+         kind: str | None = None, batch: int = 1, params: dict | None = None, seed: int = 0,
+         threads: int | None = None, target: str | None = None, **options: Any) -> TuneResult:
+    """`chipbench tune -w WORKLOAD | -k KERNEL --trials N`: tune a workload (exported to ONNX
+    at `batch`, with `params`) or a kernel case (e.g. 'gemm/bert-ffn-up') for the host CPU
+    until the database holds `trials` measured candidates, in `rounds` rounds, measuring
+    latency after each. `kind` is 'workload' or 'kernel' (None: workload names first).
+    Other options go to `tune_onnx`."""
+    kind = kind or _guess_kind(workload_or_kernel)
+    if kind == "workload":
+        from chipbench.prepare import export_key, prepare_workload
+        from chipbench.workloads.base import get_workload
+
+        try:
+            workload = get_workload(workload_or_kernel, **(params or {}))
+        except KeyError as exc:
+            raise TuningError(str(exc).strip("'\"")) from None
+        prepared = prepare_workload(workload, batch, seed)
+        model = {"kind": "workload", "name": workload.name, **export_key(workload, batch),
+                 "onnx_sha256": prepared.onnx_sha256}
+        return tune_onnx(prepared.source.onnx_path, trials, results_dir, rounds, model=model,
+                         inputs=prepared.inputs, threads=threads, target=target, seed=seed, **options)
+    if kind == "kernel":
+        case = _kernel_case(workload_or_kernel)
+        source = case.source()
+        model = {"kind": "kernel", "name": case.name, "kernel": case.kernel, "params": dict(case.params),
+                 "onnx_sha256": _sha256_file(source.onnx_path)}
+        return tune_onnx(source.onnx_path, trials, results_dir, rounds, model=model,
+                         inputs=case.make_inputs(seed), threads=threads, target=target, seed=seed, **options)
+    raise TuningError(f"kind must be 'workload' or 'kernel', not {kind!r}")
+
+
+def _guess_kind(name: str) -> str:
+    from chipbench.workloads.base import workload_names
+
+    if name in workload_names():
+        return "workload"
+    if "/" in name:
+        return "kernel"
+    raise TuningError(f"unknown workload '{name}' (known: {', '.join(sorted(workload_names()))}); "
+                      "kernel cases are named KERNEL/LABEL, e.g. gemm/bert-ffn-up")
+
+
+def _kernel_case(name: str):
+    from chipbench.kernels.cases import kernel_cases
+
+    cases = {c.name: c for c in (*kernel_cases(), *kernel_cases("smoke"))}
+    if name not in cases:
+        raise TuningError(f"unknown kernel case '{name}' (known: {', '.join(sorted(cases))})")
+    return cases[name]
+
+
+def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, *,
+              model: dict | None = None, inputs: dict | None = None, name: str | None = None,
+              target: str | None = None, threads: int | None = None, seed: int = 0,
+              cost_model: str = "random", strategy: str = "evolutionary",
+              task_scheduler: str = "gradient", trials_per_iter: int = 64,
+              builder_timeout_s: float = 120.0, runner_timeout_s: float = 30.0,
+              round_timeout_s: float | None = None, measure_s: float = 1.0,
+              retry_failed: bool = False, nice: int = 0, root: Path | None = None,
+              crash_tasks: Sequence[str] = (), log: Callable[[str], None] | None = None) -> TuneResult:
+    """Tune any ONNX file (static shapes) for the host CPU (or `target`) into the database
+    keyed by (model, target) under `root` (default RESULTS_DIR/tuning), until it holds
+    `trials` measured candidates, in `rounds` rounds. Resumable: records, trials and seconds
+    persist; calling again with a larger `trials` goes on from there.
+
+    model: the key's model part (default {"kind": "onnx", "name": stem, "onnx_sha256"}).
+    inputs: arrays for latency measurement (default: seeded from the ONNX input shapes).
+    cost_model: "random" (no dependency), "mlp" (torch), "xgb" (needs xgboost).
+    crash_tasks: fault injection for tests, names of tasks whose design-space generation
+    aborts the worker process.
+    Failed tasks are skipped on later calls unless `retry_failed`."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    onnx_path = Path(onnx_path).resolve()
+    if not onnx_path.is_file():
+        raise TuningError(f"{onnx_path}: no such ONNX file")
+    if trials < 0 or rounds < 1:
+        raise TuningError("trials must be >= 0 and rounds >= 1")
+    sha = _sha256_file(onnx_path)
+    model = dict(model or {"kind": "onnx", "name": name or onnx_path.stem, "onnx_sha256": sha})
+    if model.get("onnx_sha256") != sha:
+        raise TuningError(f"{onnx_path}: its sha256 is not the key's onnx_sha256")
+    target_str = canonical_target(target, threads)
+    key = database_key(model, target_str)
+    folder = database_folder(Path(root) if root else Path(results_dir) / TUNING_SUBDIR, key)
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = read_key(folder)
+    if existing is not None and existing != json.loads(_key_text(key)):
+        raise TuningError(f"{folder}: key.json holds a different key (hash collision?); not touching it")
+
+    with _locked(folder):
+        if existing is None:
+            _write_json(folder / KEY_FILE, key)
+        work = folder / "work"
+        work.mkdir(exist_ok=True)
+        inputs_file = work / "inputs.npz"
+        _save_inputs(inputs_file, onnx_path, inputs, seed)
+        meta = read_meta(folder) or {"key": key, "tuning_s": 0.0, "wall_s": 0.0, "rounds": [],
+                                     "failed_tasks": {}, "created": _now()}
+        meta["settings"] = {"cost_model": cost_model, "strategy": strategy, "task_scheduler": task_scheduler,
+                            "trials_per_iter": trials_per_iter, "builder": "LocalBuilder(build_without_gpu_intrinsics)",
+                            "runner": "LocalRunner", "seed": seed}
+        if retry_failed and meta["failed_tasks"]:
+            log(f"retrying {len(meta['failed_tasks'])} failed task(s): {', '.join(meta['failed_tasks'])}")
+            meta.setdefault("retried_failed", []).append({"at": _now(), "tasks": meta["failed_tasks"]})
+            meta["failed_tasks"] = {}
+        curve = read_curve(folder)
+        job_base = {"onnx": str(onnx_path), "folder": str(folder), "target": target_str, "inputs": str(inputs_file),
+                    "cost_model": cost_model, "strategy": strategy, "task_scheduler": task_scheduler,
+                    "trials_per_iter": trials_per_iter, "builder_timeout_s": builder_timeout_s,
+                    "runner_timeout_s": runner_timeout_s, "measure_s": measure_s, "crash_tasks": list(crash_tasks),
+                    "threads": _cores(threads)}
+        runner = _RoundRunner(folder, job_base, meta, curve, nice, round_timeout_s, log)
+        notes: list[str] = []
+        done = record_count(folder)
+        remaining = max(0, trials - done)
+        if done and remaining:
+            log(f"resuming {folder.name}: {done} trials in the database, tuning {remaining} more")
+        per_round = math.ceil(remaining / rounds) if remaining else 0
+        rounds_run = 0
+        while record_count(folder) < trials or "untuned_ms" not in runner.meta:
+            left = max(0, trials - record_count(folder))
+            added = runner.round(min(per_round, left), seed=seed + len(runner.meta["rounds"]))
+            rounds_run += 1
+            if added == 0 and left > 0:
+                notes.append("a round added no trials (search space exhausted, or every task failed); stopped")
+                break
+        meta = runner.meta
+        curve = runner.curve
+        meta["trials"] = record_count(folder)
+        meta["tvm"] = _tvm_version()
+        meta["updated"] = _now()
+        latest = curve[-1] if curve else {}
+        untuned = meta.get("untuned_ms")
+        tuned = latest.get("latency_ms") if latest.get("trials", 0) > 0 else None
+        meta["break_even"] = break_even(untuned, tuned, meta["tuning_s"], meta.get("ort_ms"))
+        _write_json(folder / META_FILE, meta)
+    if tuned is not None and untuned is not None and tuned >= untuned:
+        notes.append(f"tuned ({tuned:.4g} ms) is not faster than untuned ({untuned:.4g} ms)")
+    return TuneResult(folder=folder, key=key, trials=meta["trials"], tuning_s=meta["tuning_s"],
+                      rounds_run=rounds_run, tasks=meta.get("tasks", []), failed_tasks=meta["failed_tasks"],
+                      coverage=runner.last_coverage or latest.get("coverage", {}), curve=curve,
+                      untuned_ms=untuned, tuned_ms=tuned, ort_ms=meta.get("ort_ms"),
+                      break_even=meta["break_even"], notes=notes + runner.notes)
+
+
+class _RoundRunner:
+    """Runs worker subprocesses for rounds, blames and skips crashing tasks, keeps meta/curve."""
+
+    def __init__(self, folder: Path, job_base: dict, meta: dict, curve: list[dict], nice: int,
+                 round_timeout_s: float | None, log: Callable[[str], None]):
+        self.folder, self.job_base, self.meta, self.curve = folder, job_base, meta, curve
+        self.nice, self.round_timeout_s, self.log = nice, round_timeout_s, log
+        self.notes: list[str] = []
+        self.last_coverage: dict | None = None
+
+    # one worker ------------------------------------------------------------------------
+    def _run_worker(self, job: dict, label: str) -> tuple[dict, str | None, float]:
+        """Run one worker; returns (its output, failure reason or None, wall seconds)."""
+        work = self.folder / "work"
+        job_file, out_file, log_file = work / f"{label}.job.json", work / f"{label}.out.json", work / f"{label}.log"
+        job_file.write_text(json.dumps(job))
+        out_file.unlink(missing_ok=True)
+        timeout = self.round_timeout_s or 600.0 + 10.0 * max(job.get("trials", 0), 0)
+        start = time.perf_counter()
+        with open(log_file, "w") as lf:
+            proc = subprocess.Popen([sys.executable, "-m", "chipbench.tuning", "worker", str(job_file), str(out_file)],
+                                    stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+                                    start_new_session=True, preexec_fn=_nicer(self.nice))
+            try:
+                proc.wait(timeout=timeout)
+                reason = None if proc.returncode == 0 else _exit_reason(proc.returncode, log_file)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                reason = f"timed out after {timeout:g} s (killed)"
+        wall = time.perf_counter() - start
+        try:
+            out = json.loads(out_file.read_text())
+        except (OSError, ValueError):
+            out = {}
+        if reason is None and out.get("stage") != "done":
+            reason = "worker ended without finishing"
+        if reason is not None:
+            out["blamed_task"] = _blame(log_file)
+        return out, reason, wall
+
+    def _job(self, trials: int, seed: int, **extra: Any) -> dict:
+        return {**self.job_base, "trials": trials, "seed": seed,
+                "exclude": sorted(self.meta["failed_tasks"]), **extra}
+
+    def _account(self, out: dict, wall: float, measure_s: float | None = None) -> float:
+        """Tuning seconds of a worker: its wall time less the time it spent measuring latency."""
+        spent = max(0.0, wall - float(measure_s if measure_s is not None else out.get("measure_s", 0.0)))
+        self.meta["tuning_s"] = self.meta.get("tuning_s", 0.0) + spent
+        self.meta["wall_s"] = self.meta.get("wall_s", 0.0) + wall
+        return spent
+
+    def _save(self) -> None:
+        self.meta["trials"] = record_count(self.folder)
+        self.meta["updated"] = _now()
+        _write_json(self.folder / META_FILE, self.meta)
+        _write_json(self.folder / CURVE_FILE, self.curve)
+
+    def _fail_task(self, task: str, reason: str, round_no: int) -> None:
+        self.meta["failed_tasks"][task] = {"reason": reason, "round": round_no, "at": _now()}
+        self.log(f"  task {task} failed ({reason}); recorded, the rest goes on")
+
+    def _point(self, out: dict, round_no: int) -> None:
+        if out.get("latency_ms") is None:
+            return
+        point = {"round": round_no, "trials": record_count(self.folder), "tuning_s": round(self.meta["tuning_s"], 3),
+                 "latency_ms": out["latency_ms"], "coverage": out.get("coverage"),
+                 "rel_l2_vs_ort": out.get("rel_l2_vs_ort"), "at": _now()}
+        self.curve.append(point)
+        self.last_coverage = out.get("coverage")
+        cov = out.get("coverage") or {}
+        self.log(f"  round {round_no}: {point['trials']} trials, {point['tuning_s']:.0f} s tuning → "
+                 f"{point['latency_ms']:.4g} ms (tasks with a record {cov.get('tasks_with_record', 0)}/"
+                 f"{cov.get('tasks_found', 0)}, applied {cov.get('tasks_applied', 0)})")
+
+    def _baseline(self, out: dict) -> None:
+        """Round 0: untuned latency and ONNX Runtime's, measured by the first worker."""
+        self.meta.update(untuned_ms=out["untuned_ms"], ort_ms=out.get("ort_ms"))
+        self.curve.insert(0, {"round": 0, "trials": 0, "tuning_s": 0.0, "latency_ms": out["untuned_ms"],
+                              "untuned": True, "at": _now()})
+        self.log(f"  untuned {out['untuned_ms']:.4g} ms"
+                 + (f", ONNX Runtime {out['ort_ms']:.4g} ms" if out.get("ort_ms") else "")
+                 + f"; {len(out.get('tasks', []))} task(s)")
+        self._save()
+
+    def round(self, trials: int, seed: int) -> int:
+        """Tune `trials` more (the first worker also measures the untuned baseline); returns how
+        many records it added. A crashing task is blamed, recorded and skipped, and the round
+        goes on with the rest."""
+        round_no = len(self.meta["rounds"]) + 1
+        before = record_count(self.folder)
+        started, spent_total, attempt, events = _now(), 0.0, 0, []
+        while True:
+            left = trials - (record_count(self.folder) - before)
+            tasks = [t["name"] for t in self.meta.get("tasks", [])]
+            active = [t for t in tasks if t not in self.meta["failed_tasks"]]
+            baseline = "untuned_ms" not in self.meta
+            if not baseline and (left <= 0 or (tasks and not active)):
+                break
+            attempt += 1
+            self.log(f"round {round_no}" + (f" (attempt {attempt})" if attempt > 1 else "")
+                     + f": {max(left, 0)} trials" + (", after measuring untuned latency" if baseline else ""))
+            out, reason, wall = self._run_worker(self._job(max(left, 0), seed + attempt, baseline=baseline),
+                                                 f"round-{round_no}.{attempt}")
+            spent_total += self._account(out, wall)
+            if out.get("tasks"):
+                self.meta["tasks"] = out["tasks"]
+            if baseline and out.get("untuned_ms") is not None:
+                self._baseline(out)
+            if reason is None:
+                self._point(out, round_no)
+                break
+            stage = out.get("stage")
+            blamed = out.get("blamed_task") if stage == "tune" else None
+            events.append({"attempt": attempt, "reason": reason, "stage": stage, "blamed": blamed})
+            if stage != "tune":
+                msg = f"round {round_no}: worker failed at stage '{stage}': {reason} (log: {self.folder}/work)"
+                if baseline and "untuned_ms" not in self.meta:
+                    self._save()
+                    raise TuningError(msg)
+                self.notes.append(msg)
+                break
+            if blamed and blamed in active:
+                self._fail_task(blamed, reason, round_no)
+                continue
+            # Nobody to blame from the log: each task alone, in its own worker.
+            self.log(f"  worker failed ({reason}) and no task could be blamed; isolating each task")
+            share = max(1, math.ceil(left / max(len(active), 1)))
+            for i, task in enumerate(active):
+                o, r, w = self._run_worker(self._job(share, seed + 100 + i, only=[task], measure=False),
+                                           f"round-{round_no}.{attempt}.{i}")
+                spent_total += self._account(o, w)
+                if r is not None:
+                    self._fail_task(task, r, round_no)
+            out, reason, wall = self._run_worker(self._job(0, seed), f"round-{round_no}.measure")
+            self._account(out, wall, measure_s=wall)
+            if reason is None:
+                self._point(out, round_no)
+            else:
+                self.notes.append(f"round {round_no}: measuring latency failed: {reason}")
+            break
+        added = record_count(self.folder) - before
+        self.meta["rounds"].append({"round": round_no, "started": started, "ended": _now(), "trials": added,
+                                    "tuning_s": round(spent_total, 3), "attempts": attempt, "events": events})
+        self._save()
+        return added
+
+
+def _blame(log_file: Path) -> str | None:
+    """The task the MetaSchedule task scheduler was last working on, from the worker's log."""
+    try:
+        text = log_file.read_text(errors="replace")
+    except OSError:
+        return None
+    hits = re.findall(r"(?:Initializing Task|TaskScheduler picks Task) #\d+: (\S+)", text)
+    return hits[-1] if hits else None
+
+
+def _exit_reason(code: int, log_file: Path) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"worker killed by {signal.Signals(-code).name}"
+        return f"worker killed by signal {-code}"
+    try:
+        lines = [ln.strip() for ln in log_file.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        lines = []
+    return f"worker exit code {code}: {lines[-1][:300] if lines else 'no output'}"
+
+
+def _nicer(n: int):
+    if n <= 0:
+        return None
+    return lambda: os.nice(n)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    import fcntl
+
+    with open(folder / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TuningError(f"{folder}: another tuning run holds this database") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _save_inputs(path: Path, onnx_path: Path, inputs: dict | None, seed: int) -> None:
+    import numpy as np
+
+    if inputs is None:
+        inputs = onnx_inputs(onnx_path, seed)
+    np.savez(path, **{k: np.asarray(v) for k, v in inputs.items()})
+
+
+def onnx_inputs(onnx_path: Path, seed: int = 0) -> dict:
+    """Seeded arrays for an ONNX model's graph inputs (static shapes needed): normal floats,
+    zeros for integers (token ids, indices stay in range)."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    out = {}
+    for vi in model.graph.input:
+        if vi.name in init:
+            continue
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tt.shape.dim]
+        if any(d <= 0 for d in dims):
+            raise TuningError(f"{onnx_path}: input '{vi.name}' has a dynamic shape; tuning needs static shapes")
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        if dtype.kind == "f":
+            out[vi.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            out[vi.name] = np.zeros(dims, dtype)
+    return out
+
+
+def ship(folder: Path, dest_root: Path | None = None) -> Path:
+    """Copy a database's shareable files (key, records, meta, curve) into results/tuned/."""
+    import shutil
+
+    key = read_key(folder)
+    if key is None:
+        raise TuningError(f"{folder}: no key.json")
+    dest = database_folder(dest_root or shipped_root(), key)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED_FILES:
+        if (Path(folder) / name).is_file():
+            shutil.copy2(Path(folder) / name, dest / name)
+    return dest
+
+
+def _sha256_file(path: Path) -> str:
+    from chipbench.prepare import sha256_file
+
+    return sha256_file(Path(path))
+
+
+def _cores(threads: int | None) -> int:
+    return threads or len(os.sched_getaffinity(0))
+
+
+def _tvm_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("apache-tvm")
+    except Exception:
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from chipbench.paths import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str))
+
+
+# --------------------------------------------------------------------------- the worker
+
+def _worker(job: dict, out_path: Path) -> None:
+    """One round in a fresh process: extract tasks, [measure untuned], tune, measure tuned."""
+    out: dict[str, Any] = {"stage": "start", "measure_s": 0.0}
+
+    def save(stage: str | None = None) -> None:
+        if stage:
+            out["stage"] = stage
+        out_path.write_text(json.dumps(out, default=str))
+
+    save()
+    load_cpu_intrinsics()
+    import numpy as np
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from chipbench.backends.tvm import import_onnx
+
+    folder = Path(job["folder"])
+    target = tvm.target.Target(job["target"])
+    mod, weights = import_onnx(Path(job["onnx"]))
+    fused = fuse_for_tuning(mod, target)
+    tasks = extract(fused, target)
+    out["tasks"] = [{"name": t.task_name, "weight": int(t.weight)} for t in tasks]
+    with np.load(job["inputs"]) as data:
+        inputs = {k: data[k] for k in data.files}
+    save("extracted")
+
+    ort_out = None
+    if job.get("baseline"):
+        save("measure")
+        t0 = time.perf_counter()
+        out["untuned_ms"], _ = _latency(mod, weights, target, None, inputs, job["measure_s"])
+        out["ort_ms"], ort_out = _ort_latency(job["onnx"], inputs, job["measure_s"])
+        if ort_out is not None:
+            np.savez(folder / "work" / "ort_outputs.npz", *ort_out)
+        out["measure_s"] += time.perf_counter() - t0
+
+    trials = int(job.get("trials", 0))
+    only, exclude = job.get("only"), set(job.get("exclude", []))
+    chosen = [t for t in tasks if (only is None or t.task_name in only) and t.task_name not in exclude]
+    if trials > 0 and chosen:
+        save("tune")
+        t0 = time.perf_counter()
+        database = ms.database.JSONDatabase(work_dir=str(folder), module_equality="structural")
+        # Tasks with no measured record yet go first: the task scheduler warms tasks up in order.
+        chosen.sort(key=lambda t: database.query_tuning_record(t.dispatched[0], target, t.task_name) is not None)
+        _tune_tasks(chosen, target, database, job, trials)
+        out["tune_s"] = time.perf_counter() - t0
+        save()
+
+    if job.get("measure", True):
+        save("measure")
+        t0 = time.perf_counter()
+        out["coverage"] = coverage(fused, target, folder, tasks)
+        if trials > 0 or not job.get("baseline"):
+            out["latency_ms"], outputs = _latency(mod, weights, target, folder, inputs, job["measure_s"])
+            ref = ort_out if ort_out is not None else _load_ort_outputs(folder)
+            if ref is not None:
+                out["rel_l2_vs_ort"] = max(_rel_l2(a, b) for a, b in zip(outputs, ref))
+        out["measure_s"] += time.perf_counter() - t0
+    save("done")
+
+
+def _tune_tasks(chosen: list, target: Any, database: Any, job: dict, trials: int) -> None:
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+    work = Path(job["folder"]) / "work"
+    cores = int(job["threads"])
+    loggers = get_loggers_from_work_dir(str(work), [t.task_name for t in chosen])
+    contexts, weights = [], []
+    for i, (task, logger) in enumerate(zip(chosen, loggers)):
+        space: Any = "post-order-apply"
+        if task.task_name in job.get("crash_tasks", []):
+            space = ms.space_generator.ScheduleFn(sch_fn=_abort)  # fault injection (tests)
+        contexts.append(ms.TuneContext(mod=task.dispatched[0], target=target, space_generator=space,
+                                       search_strategy=job["strategy"], task_name=task.task_name, logger=logger,
+                                       rand_state=int(job["seed"]) * 1000 + i + 1, num_threads=cores).clone())
+        weights.append(float(task.weight))
+    per_iter = max(1, min(int(job["trials_per_iter"]), math.ceil(trials / len(contexts))))
+    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=float(job["builder_timeout_s"]),
+                                      f_build=build_without_gpu_intrinsics)
+    runner = ms.runner.LocalRunner(timeout_sec=float(job["runner_timeout_s"]))
+    cost_model = ms.cost_model.CostModel.create(job["cost_model"], num_tuning_cores=cores, tree_method="auto")
+    ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work), max_trials_global=trials,
+                  num_trials_per_iter=per_iter, builder=builder, runner=runner, database=database,
+                  cost_model=cost_model, task_scheduler=job["task_scheduler"])
+
+
+def _abort(_sch: Any) -> None:
+    os.abort()
+
+
+def _latency(mod: Any, weights: list, target: Any, database_dir: Path | None, inputs: dict,
+             min_s: float) -> tuple[float, list]:
+    """Median latency (ms) of the compiled module on the Relax VM, and its outputs."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from chipbench.backends.tvm import _to_numpy, build
+
+    exe, _ = build(mod, target, database_dir)
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(exe, dev)
+    params = [tvm.runtime.tensor(w.numpy(), dev) for w in weights]
+    names = [p.name_hint for p in mod["main"].params][: len(mod["main"].params) - len(weights)]
+    args = [tvm.runtime.tensor(inputs[n], dev) for n in names] if set(names) <= set(inputs) else \
+        [tvm.runtime.tensor(v, dev) for v in inputs.values()]
+    main = vm["main"]
+    outputs = _to_numpy(main(*args, *params))
+    samples = _time(lambda: main(*args, *params), min_s)
+    return float(np.median(samples)) * 1000.0, outputs
+
+
+def _ort_latency(onnx_path: str, inputs: dict, min_s: float) -> tuple[float | None, list | None]:
+    try:
+        import numpy as np
+        import onnxruntime as ort
+    except ImportError:
+        return None, None
+    try:
+        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+        outputs = session.run(None, feed)
+        samples = _time(lambda: session.run(None, feed), min_s)
+        return float(np.median(samples)) * 1000.0, outputs
+    except Exception:
+        return None, None
+
+
+def _load_ort_outputs(folder: Path) -> list | None:
+    import numpy as np
+
+    path = folder / "work" / "ort_outputs.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+def _rel_l2(a: Any, b: Any) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+def _time(fn: Callable[[], Any], min_s: float, min_count: int = 5, max_s: float = 60.0) -> list[float]:
+    fn()  # warm-up
+    samples: list[float] = []
+    begin = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        now = time.perf_counter()
+        samples.append(now - t0)
+        if (now - begin >= min_s and len(samples) >= min_count) or (now - begin >= max_s and len(samples) >= 3):
+            return samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) == 3 and args[0] == "worker":
+        _worker(json.loads(Path(args[1]).read_text()), Path(args[2]))
+        return 0
+    print("usage: python -m chipbench.tuning worker JOB.json OUT.json", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
