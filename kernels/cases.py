@@ -319,9 +319,9 @@ def _registry() -> tuple[KernelCase, ...]:
 def kernel_cases(tag: str | None = None) -> list[KernelCase]:
     """Cases carrying `tag` (a kernel name, workload, "deepbench", "square", ...); all full-size
     cases when None. "smoke" gives one tiny case per kernel, for tests."""
-    if tag is None:
-        return [c for c in _registry() if "smoke" not in c.tags]
-    return [c for c in _registry() if tag in c.tags]
+    if tag == "smoke":
+        return [c for c in _registry() if "smoke" in c.tags]
+    return [c for c in _registry() if "smoke" not in c.tags and (tag is None or tag in c.tags)]
 
 
 def kernel_names() -> list[str]:

@@ -15,6 +15,7 @@ import pytest
 from chipbench.kernels.cases import kernel_cases
 
 BACKENDS = ("numpy", "ort-cpu", "tvm-llvm", "tir")  # "tir": the hand-written schedules
+TIR_KERNELS = ("gemm", "conv2d")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,7 +44,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     cases = kernel_cases(None if benchmarks_enabled(config) else "smoke")
     cases = [c for c in cases if tag is None or tag in c.tags]
     backends = [b for b in config.getoption("kernel_backends").split(",") if b]
-    pairs = [(c, b) for c in cases for b in backends if b != "tir" or c.kernel == "gemm"]
+    pairs = [(c, b) for c in cases for b in backends if b != "tir" or c.kernel in TIR_KERNELS]
     metafunc.parametrize(("case", "backend"), pairs, ids=[f"{c.name}-{b}" for c, b in pairs])
 
 

@@ -5,12 +5,13 @@
 
 Backends run through `Compiled.run` (host arrays in and out, as the harness sees them);
 "numpy" is the reference itself (BLAS for GEMMs, im2col + einsum for convolutions); "tir" is
-the hand-scheduled TensorIR GEMM on device-resident tensors (kernel time only).
+the hand-scheduled TensorIR GEMM and conv2d on device-resident tensors (kernel time only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,20 +20,12 @@ from chipbench.backends.base import Arrays, CompileSpec, Unsupported, get_backen
 from chipbench.kernels.cases import KernelCase
 
 
-def make_runner(case: KernelCase, backend: str, inputs: Arrays) -> Callable[[], np.ndarray]:
-    """A no-argument callable returning the output; compiles first (not timed)."""
+def make_runner(case: KernelCase, backend: str, inputs: Arrays) -> Callable[[], Any]:
+    """A no-argument callable returning the output (array or TVM tensor); compiles first (not timed)."""
     if backend == "numpy":
         return lambda: case.ref(**inputs)
     if backend == "tir":
-        import tvm
-
-        from chipbench.kernels.tir_gemm import build_gemm
-
-        exe = build_gemm(case.params["M"], case.params["N"], case.params["K"])
-        dev = tvm.cpu()
-        a, b = (tvm.runtime.tensor(inputs[n], dev) for n in ("A", "B"))
-        c = tvm.runtime.empty(case.output, "float32", dev)
-        return lambda: (exe["main"](a, b, c), c)[1]
+        return tir_runner(case, inputs)
     impl = get_backend(backend)
     ok, why = impl.available()
     if not ok:
@@ -42,6 +35,22 @@ def make_runner(case: KernelCase, backend: str, inputs: Arrays) -> Callable[[], 
     except Unsupported as exc:
         pytest.skip(str(exc))
     return lambda: compiled.run(inputs)["Y"]
+
+
+def tir_runner(case: KernelCase, inputs: Arrays) -> Callable[[], Any]:
+    """The hand-written schedule on device-resident tensors; returns the output tensor."""
+    import tvm
+
+    from chipbench.kernels import tir_conv2d, tir_gemm
+
+    if case.kernel == "gemm":
+        exe = tir_gemm.build_gemm(case.params["M"], case.params["N"], case.params["K"])
+    else:
+        exe = tir_conv2d.build_conv2d(tir_conv2d.shape_of(case))
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(inputs[n], dev) for n in case.inputs]
+    out = tvm.runtime.empty(case.output, "float32", dev)
+    return lambda: (exe["main"](*args, out), out)[1]
 
 
 def test_kernel(benchmark, case: KernelCase, backend: str, device_profile) -> None:

@@ -19,7 +19,6 @@ Run `python -m chipbench.kernels.tir_gemm [M N K]` to time it against numpy and 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,21 +104,14 @@ def time_gemm(exe: Any, m: int, n: int, k: int, number: int = 10, repeat: int = 
     return list(exe.mod.time_evaluator("main", dev, number=number, repeat=repeat)(*args).results)
 
 
-def _best(fn, repeat: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def compare(m: int = 1024, n: int = 1024, k: int = 1024, rounds: int = 8) -> dict[str, float]:
+    """GFLOP/s of this schedule, numpy (BLAS) and ONNX Runtime on one shape, best of `rounds`
+    alternating blocks (see `timing.best_seconds`); all three timed from Python alike."""
+    import tvm
 
-
-def compare(m: int = 1024, n: int = 1024, k: int = 1024, rounds: int = 10) -> dict[str, float]:
-    """GFLOP/s of this schedule, numpy (BLAS) and ONNX Runtime on one shape, best of `rounds`,
-    interleaved so that load from other processes hits all three alike."""
     from chipbench.backends.base import CompileSpec, get_backend
     from chipbench.kernels.cases import gemm
+    from chipbench.kernels.timing import best_seconds
 
     case = gemm(f"{m}x{n}x{k}", m, n, k)
     inputs = case.make_inputs()
@@ -127,12 +119,11 @@ def compare(m: int = 1024, n: int = 1024, k: int = 1024, rounds: int = 10) -> di
     exe = build_gemm(m, n, k)
     if case.error(run_gemm(exe, a, b), a @ b) > case.tolerance:
         raise AssertionError("TIR GEMM disagrees with numpy")
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev), tvm.runtime.tensor(b, dev), tvm.runtime.empty((m, n), "float32", dev)]
     ort = get_backend("ort-cpu").compile(case.source(), CompileSpec())
-    best = {"tir": float("inf"), "numpy": float("inf"), "ort": float("inf")}
-    for _ in range(rounds):
-        best["tir"] = min(best["tir"], min(time_gemm(exe, m, n, k, number=3, repeat=1)))
-        best["numpy"] = min(best["numpy"], _best(lambda: a @ b, 3))
-        best["ort"] = min(best["ort"], _best(lambda: ort.run(inputs), 3))
+    best = best_seconds({"tir": lambda: exe["main"](*args), "numpy": lambda: a @ b,
+                         "ort": lambda: ort.run(inputs)}, rounds)
     return {name: case.flops / s / 1e9 for name, s in best.items()}
 
 

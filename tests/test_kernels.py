@@ -120,3 +120,13 @@ def test_tir_gemm_matches_numpy(shape):
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
     np.testing.assert_allclose(run_gemm(build_gemm(m, n, k), a, b), a @ b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [conv2d("s2", 1, 4, 9, 8, 3, stride=2), conv2d("ragged", 2, 5, 11, 40, 3),
+                                  conv2d("1x1", 1, 16, 14, 64, 1)], ids=lambda c: c.name)
+def test_tir_conv2d_matches_reference(case):
+    from chipbench.kernels.tir_conv2d import build_conv2d, run_conv2d, shape_of
+
+    inputs = case.make_inputs()
+    out = run_conv2d(build_conv2d(shape_of(case)), shape_of(case), inputs["X"], inputs["W"], inputs["B"])
+    assert case.error(out, case.ref(**inputs)) <= case.tolerance

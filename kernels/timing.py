@@ -1,0 +1,26 @@
+"""Side-by-side timing of several implementations of one kernel on a shared, busy machine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def best_seconds(fns: dict[str, Callable[[], Any]], rounds: int = 8, per_block: int = 3,
+                 pause_s: float = 0.05) -> dict[str, float]:
+    """Best seconds per call of each function, timed in alternating blocks so that load from
+    other processes hits every implementation alike. The pause between blocks lets one
+    runtime's spinning worker threads (ONNX Runtime, OpenBLAS, TVM all spin after a call) go
+    idle before the next runtime needs the cores."""
+    best = dict.fromkeys(fns, float("inf"))
+    for fn in fns.values():
+        fn()  # warm-up: thread pools, page faults, lazy packing
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            time.sleep(pause_s)
+            for _ in range(per_block):
+                start = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
