@@ -97,7 +97,7 @@ class Backend(Protocol):
 
 
 _REGISTRY: dict[str, Callable[[], Backend]] = {}
-_BUILTIN_MODULES = ("ort", "tvm", "torch_backends", "null")
+_BUILTIN_MODULES = ("ort", "tvm", "tvm_tuned", "torch_backends", "null")
 _loaded = False
 
 

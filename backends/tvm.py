@@ -70,6 +70,7 @@ def build(mod: Any, target: Any, database_dir: Path | None = None) -> tuple[Any,
     if database_dir is None:
         return tvm.compile(mod, target=target), "relax-default (untuned)"
 
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
     from tvm.s_tir import meta_schedule as ms
 
     database = ms.database.JSONDatabase(work_dir=str(database_dir), module_equality="structural")
@@ -80,8 +81,11 @@ def build(mod: Any, target: Any, database_dir: Path | None = None) -> tuple[Any,
             [*relax_pipeline.library_dispatch_passes(target), *fusion_passes()]
         )(mod)
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        # TVM 0.27: relax.pipeline.dataflow_lower_passes(llvm) raises AttributeError, because
+        # relax.backend.cpu_generic's __init__ does not export it; take it from its pipeline module.
+        lower = cpu_pipeline if target.kind.name == "llvm" else relax_pipeline
         return tvm.transform.Sequential(
-            relax_pipeline.dataflow_lower_passes(target) + relax_pipeline.finalize_passes(target)
+            lower.dataflow_lower_passes(target) + lower.finalize_passes(target)
         )(mod)
 
     with target, database, tvm.transform.PassContext(opt_level=3):

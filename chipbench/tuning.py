@@ -393,7 +393,7 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
               model: dict | None = None, inputs: dict | None = None, name: str | None = None,
               target: str | None = None, threads: int | None = None, seed: int = 0,
               cost_model: str = "random", strategy: str = "evolutionary",
-              task_scheduler: str = "gradient", trials_per_iter: int = 64,
+              task_scheduler: str = "gradient", trials_per_iter: int = 64, builder: str = "pool",
               builder_timeout_s: float = 120.0, runner_timeout_s: float = 30.0,
               round_timeout_s: float | None = None, measure_s: float = 1.0,
               retry_failed: bool = False, nice: int = 0, root: Path | None = None,
@@ -437,8 +437,7 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
         meta = read_meta(folder) or {"key": key, "tuning_s": 0.0, "wall_s": 0.0, "rounds": [],
                                      "failed_tasks": {}, "created": _now()}
         meta["settings"] = {"cost_model": cost_model, "strategy": strategy, "task_scheduler": task_scheduler,
-                            "trials_per_iter": trials_per_iter, "builder": "LocalBuilder(build_without_gpu_intrinsics)",
-                            "runner": "LocalRunner", "seed": seed}
+                            "trials_per_iter": trials_per_iter, "builder": builder, "seed": seed}
         if retry_failed and meta["failed_tasks"]:
             log(f"retrying {len(meta['failed_tasks'])} failed task(s): {', '.join(meta['failed_tasks'])}")
             meta.setdefault("retried_failed", []).append({"at": _now(), "tasks": meta["failed_tasks"]})
@@ -446,7 +445,7 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
         curve = read_curve(folder)
         job_base = {"onnx": str(onnx_path), "folder": str(folder), "target": target_str, "inputs": str(inputs_file),
                     "cost_model": cost_model, "strategy": strategy, "task_scheduler": task_scheduler,
-                    "trials_per_iter": trials_per_iter, "builder_timeout_s": builder_timeout_s,
+                    "trials_per_iter": trials_per_iter, "builder": builder, "builder_timeout_s": builder_timeout_s,
                     "runner_timeout_s": runner_timeout_s, "measure_s": measure_s, "crash_tasks": list(crash_tasks),
                     "threads": _cores(threads)}
         runner = _RoundRunner(folder, job_base, meta, curve, nice, round_timeout_s, log)
@@ -461,6 +460,8 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
             left = max(0, trials - record_count(folder))
             added = runner.round(min(per_round, left), seed=seed + len(runner.meta["rounds"]))
             rounds_run += 1
+            if "untuned_ms" not in runner.meta:
+                raise TuningError(f"{folder}: the first worker measured no untuned latency (log: {folder}/work)")
             if added == 0 and left > 0:
                 notes.append("a round added no trials (search space exhausted, or every task failed); stopped")
                 break
@@ -596,6 +597,8 @@ class _RoundRunner:
             if reason is None:
                 self._point(out, round_no)
                 break
+            tasks = [t["name"] for t in self.meta.get("tasks", [])]
+            active = [t for t in tasks if t not in self.meta["failed_tasks"]]
             stage = out.get("stage")
             blamed = out.get("blamed_task") if stage == "tune" else None
             events.append({"attempt": attempt, "reason": reason, "stage": stage, "blamed": blamed})
@@ -638,7 +641,7 @@ def _blame(log_file: Path) -> str | None:
         text = log_file.read_text(errors="replace")
     except OSError:
         return None
-    hits = re.findall(r"(?:Initializing Task|TaskScheduler picks Task) #\d+: (\S+)", text)
+    hits = re.findall(r'(?:Initializing Task|TaskScheduler picks Task) #\d+: "?([^"\s]+)"?', text)
     return hits[-1] if hits else None
 
 
@@ -678,9 +681,17 @@ def _locked(folder: Path):
 def _save_inputs(path: Path, onnx_path: Path, inputs: dict | None, seed: int) -> None:
     import numpy as np
 
+    import onnx
+
     if inputs is None:
         inputs = onnx_inputs(onnx_path, seed)
-    np.savez(path, **{k: np.asarray(v) for k, v in inputs.items()})
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    init = {i.name for i in graph.initializer}
+    order = [vi.name for vi in graph.input if vi.name not in init]
+    missing = [n for n in order if n not in inputs]
+    if missing:
+        raise TuningError(f"{onnx_path}: no input arrays for {', '.join(missing)}")
+    np.savez(path, **{n: np.asarray(inputs[n]) for n in order})  # in graph order: the VM's argument order
 
 
 def onnx_inputs(onnx_path: Path, seed: int = 0) -> dict:
@@ -835,13 +846,241 @@ def _tune_tasks(chosen: list, target: Any, database: Any, job: dict, trials: int
                                        rand_state=int(job["seed"]) * 1000 + i + 1, num_threads=cores).clone())
         weights.append(float(task.weight))
     per_iter = max(1, min(int(job["trials_per_iter"]), math.ceil(trials / len(contexts))))
-    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=float(job["builder_timeout_s"]),
-                                      f_build=build_without_gpu_intrinsics)
-    runner = ms.runner.LocalRunner(timeout_sec=float(job["runner_timeout_s"]))
+    if job.get("builder") == "local":  # MetaSchedule's own (needs cloudpickle)
+        builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=float(job["builder_timeout_s"]),
+                                          f_build=build_without_gpu_intrinsics)
+        runner = ms.runner.LocalRunner(timeout_sec=float(job["runner_timeout_s"]))
+    else:
+        builder, runner = _make_builder_runner(cores, float(job["builder_timeout_s"]), float(job["runner_timeout_s"]))
     cost_model = ms.cost_model.CostModel.create(job["cost_model"], num_tuning_cores=cores, tree_method="auto")
-    ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work), max_trials_global=trials,
-                  num_trials_per_iter=per_iter, builder=builder, runner=runner, database=database,
-                  cost_model=cost_model, task_scheduler=job["task_scheduler"])
+    try:
+        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work), max_trials_global=trials,
+                      num_trials_per_iter=per_iter, builder=builder, runner=runner, database=database,
+                      cost_model=cost_model, task_scheduler=job["task_scheduler"])
+    finally:
+        for pooled in (builder, runner):
+            if hasattr(pooled, "pool") and isinstance(pooled.pool, _ProcessPool):
+                pooled.pool.close()
+
+
+# --------------------------------------------------------------------------- builder and runner
+
+class _ProcessPool:
+    """Persistent worker processes (`python -m chipbench.tuning ms-worker KIND`) that build or
+    run MetaSchedule candidates, one request at a time each. A request that outlives its timeout
+    gets its worker killed; a worker that crashes costs its one request; both are restarted.
+
+    Why not MetaSchedule's LocalBuilder/LocalRunner: their PopenPool needs `cloudpickle`
+    (which apache-tvm does not install), LocalBuilder restarts its pool (an `import tvm` per
+    worker) for every batch, and its default build imports every target's tensor intrinsics
+    (60-140 s per worker here, longer than the 30 s build timeout)."""
+
+    def __init__(self, kind: str, size: int, timeout_s: float, startup_timeout_s: float = 900.0):
+        self.kind, self.size, self.timeout_s, self.startup_timeout_s = kind, size, timeout_s, startup_timeout_s
+        self.procs: list[subprocess.Popen | None] = [None] * size
+        self.ready: list[bool] = [False] * size
+        for i in range(size):  # start now: their `import tvm` overlaps the search for candidates
+            self._spawn(i)
+
+    def _spawn(self, i: int) -> None:
+        self.procs[i] = subprocess.Popen([sys.executable, "-m", "chipbench.tuning", "ms-worker", self.kind],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
+        self.ready[i] = False
+
+    def _start(self, i: int) -> subprocess.Popen:
+        """Worker i, started if needed and ready for a request."""
+        proc = self.procs[i]
+        if proc is None or proc.poll() is not None:
+            self._spawn(i)
+            proc = self.procs[i]
+        if not self.ready[i]:
+            status, value = self._recv(proc, self.startup_timeout_s)
+            if status != "ready":
+                self._kill(proc)
+                self.procs[i] = None
+                raise RuntimeError(f"{self.kind} worker did not start: {status} {value or ''}")
+            self.ready[i] = True
+        return proc
+
+    @staticmethod
+    def _send(proc: subprocess.Popen, request: Any) -> None:
+        import pickle
+        import struct
+
+        data = pickle.dumps(request)
+        proc.stdin.write(struct.pack("<Q", len(data)) + data)
+        proc.stdin.flush()
+
+    @staticmethod
+    def _recv(proc: subprocess.Popen, timeout: float | None) -> tuple[str, Any]:
+        import pickle
+        import select
+        import struct
+
+        fd = proc.stdout
+        if timeout is not None:
+            ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+            if not ready:
+                return "timeout", None
+        head = fd.read(8)
+        if len(head) < 8:
+            proc.wait()
+            code = proc.returncode
+            how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+            return "crashed", f"{how}"
+        (size,) = struct.unpack("<Q", head)
+        return pickle.loads(fd.read(size))
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+
+    def map(self, requests: list[Any]) -> list[tuple[str, Any]]:
+        """Results in order: ("ok", value) or ("error", message)."""
+        import select
+
+        results: list[tuple[str, Any] | None] = [None] * len(requests)
+        pending = list(range(len(requests)))
+        busy: dict[int, tuple[int, float]] = {}  # worker -> (request, deadline)
+        while pending or busy:
+            for i in range(self.size):
+                if pending and i not in busy:
+                    proc = self._start(i)
+                    r = pending.pop(0)
+                    try:
+                        self._send(proc, requests[r])
+                    except (BrokenPipeError, OSError) as exc:
+                        results[r] = ("error", f"{self.kind} worker: {exc}")
+                        self.procs[i] = None
+                        continue
+                    busy[i] = (r, time.monotonic() + self.timeout_s)
+            if not busy:
+                continue
+            wait = max(0.0, min(d for _, d in busy.values()) - time.monotonic())
+            fds = {self.procs[i].stdout: i for i in busy}
+            ready, _, _ = select.select(list(fds), [], [], wait)
+            for f in ready:
+                i = fds[f]
+                r, _ = busy.pop(i)
+                status, value = self._recv(self.procs[i], None)
+                if status == "crashed":
+                    results[r] = ("error", f"{self.kind} worker crashed ({value})")
+                    self.procs[i] = None
+                else:
+                    results[r] = (status, value)
+            now = time.monotonic()
+            for i, (r, deadline) in list(busy.items()):
+                if now >= deadline:
+                    busy.pop(i)
+                    self._kill(self.procs[i])
+                    self.procs[i] = None
+                    results[r] = ("error", f"{self.kind}: timeout, killed after {self.timeout_s:g} s")
+        return [r if r is not None else ("error", "lost") for r in results]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._kill(proc)
+        self.procs = [None] * self.size
+
+
+def _make_builder_runner(cores: int, builder_timeout_s: float, runner_timeout_s: float,
+                         evaluator: tuple[int, int, int, bool] = (3, 1, 100, False)) -> tuple[Any, Any]:
+    """A MetaSchedule Builder and Runner backed by `_ProcessPool`s."""
+    import tvm
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.runner import PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
+
+    @derived_object
+    class PoolBuilder(PyBuilder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool = _ProcessPool("build", cores, builder_timeout_s)
+
+        def build(self, build_inputs):
+            requests = [(tvm.ir.save_json(b.mod), str(b.target)) for b in build_inputs]
+            out = []
+            for status, value in self.pool.map(requests):
+                out.append(BuilderResult(value, None) if status == "ok" else BuilderResult(None, str(value)))
+            return out
+
+    @derived_object
+    class PoolRunner(PyRunner):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool = _ProcessPool("run", 1, runner_timeout_s)  # one at a time: measurements
+
+        def run(self, runner_inputs):
+            requests = [(str(r.artifact_path), str(r.device_type),
+                         json.loads(json.dumps([a.as_json() for a in r.args_info])), evaluator)
+                        for r in runner_inputs]
+            return [LocalRunnerFuture(res=[float(c) for c in value]) if status == "ok"
+                    else LocalRunnerFuture(error_message=str(value)) for status, value in self.pool.map(requests)]
+
+    return PoolBuilder(), PoolRunner()
+
+
+def _ms_worker(kind: str) -> int:
+    """Serve build or run requests on stdin/stdout (see `_ProcessPool`)."""
+    import pickle
+    import struct
+    import traceback
+
+    proto = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything else printed to stdout (LLVM, TVM) goes to stderr, not the protocol
+    stdin = sys.stdin.buffer
+
+    def reply(obj: Any) -> None:
+        data = pickle.dumps(obj)
+        proto.write(struct.pack("<Q", len(data)) + data)
+        proto.flush()
+
+    import tvm
+
+    if kind == "build":
+        from tvm.support.tar import tar
+
+        def handle(req):
+            mod_json, target = req
+            rt_mod = build_without_gpu_intrinsics(tvm.ir.load_json(mod_json), tvm.target.Target(target), None)
+            path = os.path.join(tempfile.mkdtemp(prefix="chipbench-ms-"), "tvm_tmp_mod." + tar.output_format)
+            rt_mod.export_library(path, fcompile=tar)
+            return path
+    else:
+        from tvm.s_tir.meta_schedule.runner.config import EvaluatorConfig
+        from tvm.s_tir.meta_schedule.runner.local_runner import (
+            default_alloc_argument, default_cleanup, default_run_evaluator)
+
+        def handle(req):
+            path, device_type, args_info, evaluator = req
+            try:
+                rt_mod = tvm.runtime.load_module(path)
+                device = tvm.runtime.device(device_type, 0)
+                args = default_alloc_argument(device, args_info, 1)
+                return list(default_run_evaluator(rt_mod, device, EvaluatorConfig(*evaluator), args))
+            finally:
+                default_cleanup()
+
+    reply(("ready", os.getpid()))
+    while True:
+        head = stdin.read(8)
+        if len(head) < 8:
+            return 0
+        (size,) = struct.unpack("<Q", head)
+        req = pickle.loads(stdin.read(size))
+        try:
+            reply(("ok", handle(req)))
+        except Exception as exc:  # a candidate that fails to build or run: its error, not ours
+            reply(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"[:4000]))
 
 
 def _abort(_sch: Any) -> None:
@@ -861,9 +1100,7 @@ def _latency(mod: Any, weights: list, target: Any, database_dir: Path | None, in
     dev = tvm.cpu()
     vm = relax.VirtualMachine(exe, dev)
     params = [tvm.runtime.tensor(w.numpy(), dev) for w in weights]
-    names = [p.name_hint for p in mod["main"].params][: len(mod["main"].params) - len(weights)]
-    args = [tvm.runtime.tensor(inputs[n], dev) for n in names] if set(names) <= set(inputs) else \
-        [tvm.runtime.tensor(v, dev) for v in inputs.values()]
+    args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]  # saved in graph input order
     main = vm["main"]
     outputs = _to_numpy(main(*args, *params))
     samples = _time(lambda: main(*args, *params), min_s)
@@ -921,6 +1158,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) == 3 and args[0] == "worker":
         _worker(json.loads(Path(args[1]).read_text()), Path(args[2]))
         return 0
+    if len(args) == 2 and args[0] == "ms-worker" and args[1] in ("build", "run"):
+        return _ms_worker(args[1])
     print("usage: python -m chipbench.tuning worker JOB.json OUT.json", file=sys.stderr)
     return 2
 
