@@ -5,13 +5,18 @@ session settings as the backend (ORT_ENABLE_ALL, intra-op threads = usable cores
 "<node>_kernel_time" event is timed in C++ inside the run; runs after the warm-up are grouped by
 their "model_run" event and every node's time is the median over runs. ORT rewrites the graph
 before it runs it (Conv+Relu -> FusedConv, Gemm+Relu -> FusedGemm, NCHWc layouts, ...), so a
-row is a node *that ran*, named as ORT names it; the ONNX nodes it stands for are found by
-walking the original graph back from the node's outputs to tensors the optimized graph still
-has, and FLOPs / bytes come from `chipbench.kernels.onnx_flops` over those nodes (bytes: the
-covered subgraph's external inputs and outputs, so a fused intermediate is not counted).
+row is a node *that ran*, named as ORT names it (NCHWc kernels as `nchwc.<op>`); the ONNX
+nodes it stands for are matched through the optimized graph ORT saves (regions between tensors
+both graphs share, then names; see `_ort_attribution`), and FLOPs / bytes come from
+`chipbench.kernels.onnx_flops` over those nodes (bytes: the covered subgraph's external inputs
+and outputs, so a fused intermediate is not counted). Nodes ORT adds (layout reorders, the
+reshapes around a MatMul+Add -> Gemm) have no ONNX node: 0 FLOPs, bytes from the profiler's
+shapes.
 
-TVM (`tvm-llvm`): TVM 0.27's Relax VM has no profiler (no `VirtualMachine(..., profile=True)`,
-no `vm.profile`, no `runtime.profiling` in this build). Timing each VM call from Python with
+TVM (`tvm-llvm`, untuned: one PrimFunc per Relax op; `tvm-llvm-tuned`: the MetaSchedule
+database is found as that backend finds it, and rows are the fused, scheduled PrimFuncs):
+TVM 0.27's Relax VM has no profiler (no `VirtualMachine(..., profile=True)`, no `vm.profile`,
+no `runtime.profiling` in this build). Timing each VM call from Python with
 `vm.set_instrument` is not honest either: the callback between kernels lets TVM's thread pool
 go to sleep, and on a 2-core Zen 4 the instrumented kernels summed to 2.3x the uninstrumented
 end-to-end time. So one instrumented run captures every PrimFunc call and its arguments, and
@@ -42,7 +47,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ("ort-cpu", "tvm-llvm")
+BACKENDS = ("ort-cpu", "tvm-llvm", "tvm-llvm-tuned")
 
 # coarse families so ORT and TVM rows can be compared (first matching op type wins)
 _CATEGORY = {
@@ -123,7 +128,7 @@ def profile_ops(workload_name: str, backend: str, batch: int = 1, runs: int = 10
                 workload_params: dict | None = None, *, device: Any = None, precision: str = "fp32",
                 threads: int | None = None, warmup: int = 3, seed: int = 0,
                 tuning_db: Path | None = None) -> list[OpTime]:
-    """Per-op rows of `workload_name` on `backend` ("ort-cpu" or "tvm-llvm"), slowest first.
+    """Per-op rows of `workload_name` on `backend` (one of BACKENDS), slowest first.
 
     `device` (a `chipbench.probe.DeviceProfile` or `chipbench.roofline.Ceilings`) fills the
     roofline columns; without it they stay None."""
@@ -153,12 +158,28 @@ def profile(workload_name: str, backend: str, batch: int = 1, runs: int = 10,
         prof = profile_ort(prepared.source.onnx_path, prepared.inputs, runs=runs, warmup=warmup,
                            threads=threads)
     else:
+        if backend == "tvm-llvm-tuned":  # the database the tuned backend would use, found its way
+            tuning_db = _tuned_database(prepared.source, threads, tuning_db)
         prof = profile_tvm(prepared.source.onnx_path, prepared.inputs, prepared.source.input_names,
                            runs=runs, warmup=warmup, threads=threads, tuning_db=tuning_db)
+        prof.backend = backend
     prof.workload, prof.batch = workload_name, batch
     if device is not None:
         attach_roofline(prof, device, precision)
     return prof
+
+
+def _tuned_database(source: Any, threads: int, tuning_db: Path | None) -> Path:
+    from chipbench import tuning
+    from chipbench.backends.base import CompileSpec, Unsupported
+    from chipbench.backends.tvm_tuned import TvmLlvmTuned
+
+    try:
+        folder, _, _ = TvmLlvmTuned().locate(source, CompileSpec(threads=threads, tuning_db=tuning_db))
+    except Unsupported as exc:
+        raise OpProfileError(str(exc)) from None
+    tuning.load_cpu_intrinsics()  # records may replay x86 tensorize steps
+    return folder
 
 
 def attach_roofline(prof: OpProfile | list[OpTime], device: Any, precision: str = "fp32") -> None:
@@ -510,6 +531,7 @@ def profile_tvm(onnx_path: Path, inputs: dict, input_names: Sequence[str], runs:
     from chipbench.backends.tvm import build, host_target, import_onnx
 
     threads = threads or _default_threads()
+    name = "tvm-llvm" if tuning_db is None else "tvm-llvm-tuned"
     target = host_target(threads)
     mod, weights = import_onnx(Path(onnx_path))
     exe, pipeline = build(mod, target, tuning_db)
@@ -563,7 +585,7 @@ def profile_tvm(onnx_path: Path, inputs: dict, input_names: Sequence[str], runs:
         if flops is None:
             missing.append(symbol)
         ops.append(OpTime(
-            backend="tvm-llvm", name=symbol, op_type="+".join(tvm_op_types(symbol)),
+            backend=name, name=symbol, op_type="+".join(tvm_op_types(symbol)),
             time_ms=_median(times), calls=ncalls[symbol],
             flops=None if flops is None else flops * ncalls[symbol], bytes=nbytes[symbol],
             flops_source=None if flops is None else "tir",
@@ -579,7 +601,7 @@ def profile_tvm(onnx_path: Path, inputs: dict, input_names: Sequence[str], runs:
              "call: allocation, shape checks, reshapes) and cache effects"]
     if missing:
         notes.append(f"no TIR FLOP count for {len(missing)} functions: {', '.join(missing[:8])}")
-    return OpProfile(workload="", backend="tvm-llvm", batch=0, runs=runs, threads=threads, e2e_ms=e2e_ms,
+    return OpProfile(workload="", backend=name, batch=0, runs=runs, threads=threads, e2e_ms=e2e_ms,
                      ops=ops, method=method, notes=notes)
 
 
@@ -617,11 +639,12 @@ def _tir_flops(mod: Any, target: Any, tuned: bool) -> dict[str, float]:
     from chipbench.backends.tvm import fusion_passes
 
     with target:
-        if tuned:  # the same library dispatch and fusion the tuned build applies (names match)
+        if tuned:  # the library dispatch and fusion the tuned build runs first (same names)
             from tvm.relax import pipeline as relax_pipeline
 
             seq = [*relax_pipeline.library_dispatch_passes(target), *fusion_passes()]
-            lowered = tvm.transform.Sequential(seq)(mod)
+            with tvm.transform.PassContext(opt_level=3):
+                lowered = tvm.transform.Sequential(seq)(mod)
         else:
             lowered = relax.get_pipeline("default")(mod)
     out = {}
@@ -686,13 +709,13 @@ def _fmt(x: float | None, spec: str) -> str:
 def markdown_table(ops: Sequence[OpTime], top: int = 10) -> str:
     """The `top` slowest rows as a Markdown table (the rest summed in a last row)."""
     rows = sorted(ops, key=lambda o: -o.time_ms)
-    lines = ["| # | op | type | calls | time ms | % time | GFLOP | MB | FLOP/B | GFLOP/s | bound | % of roofline |",
+    lines = ["| # | op | type | calls | time ms | % time | MFLOP | MB | FLOP/B | GFLOP/s | bound | % of roofline |",
              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for k, o in enumerate(rows[:top], 1):
         kind = o.op_type + (f" ({'+'.join(o.onnx_op_types)})" if o.onnx_op_types else "")
         lines.append(
             f"| {k} | `{o.name}` | {kind} | {o.calls} | {o.time_ms:.4f} | {100 * o.share:.1f} | "
-            f"{_fmt(None if o.flops is None else o.flops / 1e9, '.4f')} | "
+            f"{_fmt(None if o.flops is None else o.flops / 1e6, '.3f')} | "
             f"{_fmt(None if o.bytes is None else o.bytes / 1e6, '.3f')} | {_fmt(o.intensity, '.2f')} | "
             f"{_fmt(o.gflops, '.2f')} | {o.bound or '–'} | {_fmt(o.pct_of_roofline, '.1f')} |")
     rest = rows[top:]

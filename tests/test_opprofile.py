@@ -108,3 +108,17 @@ def test_attach_roofline_leaves_flopless_ops_unplaced():
 def test_unknown_backend_is_one_line():
     with pytest.raises(opprofile.OpProfileError, match="not 'torch-eager'"):
         opprofile.profile("tiny-mlp", "torch-eager")
+
+
+@pytest.mark.slow
+def test_tuned_tvm_rows_are_fused_primfuncs(tmp_path):
+    from chipbench.tuning import tune
+
+    tune("tiny-mlp", 4, tmp_path, kind="workload", batch=BATCH, strategy="replay-trace",
+         trials_per_iter=4, measure_s=0.05, log=lambda msg: None)
+    prof = opprofile.profile("tiny-mlp", "tvm-llvm-tuned", batch=BATCH, runs=3, warmup=1,
+                             tuning_db=tmp_path / "tuning")
+    assert prof.backend == "tvm-llvm-tuned" and "metaschedule" in prof.method
+    assert any(o.name.startswith("fused_") and "matmul" in o.op_type for o in prof.ops)
+    with pytest.raises(opprofile.OpProfileError, match="no tuning database"):
+        opprofile.profile("tiny-mlp", "tvm-llvm-tuned", batch=BATCH + 1, tuning_db=tmp_path / "tuning")
