@@ -200,6 +200,16 @@ def attach_roofline(prof: OpProfile | list[OpTime], device: Any, precision: str 
                          "ridge": ceil.ridge}
 
 
+def roofline_points(prof: OpProfile | Sequence[OpTime], device: Any, precision: str = "fp32") -> list:
+    """`chipbench.roofline.Point`s of the rows with FLOPs and bytes, for `roofline.plot`/`table`."""
+    from chipbench.roofline import Ceilings, place
+
+    ceil = device if isinstance(device, Ceilings) else Ceilings.of(device, precision)
+    ops = prof.ops if isinstance(prof, OpProfile) else prof
+    return [place(ceil, o.name, o.flops, o.bytes, o.time_ms / 1e3, o.op_type)
+            for o in ops if o.flops and o.bytes and o.time_ms > 0]
+
+
 def _default_threads() -> int:
     import os
 

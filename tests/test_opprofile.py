@@ -64,6 +64,9 @@ def test_ort_rows_on_the_roofline(ort_profile):
         assert o.bound == ("compute" if ai >= 5.0 else "memory")
         assert o.pct_of_roofline == pytest.approx(100 * o.gflops / o.bound_gflops)
     assert ort_profile.ceilings["ridge"] == pytest.approx(5.0)
+    points = opprofile.roofline_points(ort_profile, Ceilings(100.0, 20.0))
+    assert [p.label for p in points] == [o.name for o in placed]
+    assert [p.pct_of_roofline for p in points] == pytest.approx([o.pct_of_roofline for o in placed])
 
 
 def test_tvm_rows_carry_relax_ops_and_tir_flops(tvm_profile):
