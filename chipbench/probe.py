@@ -138,14 +138,28 @@ def has_native(m: Machine, precision: str) -> bool:
     return precision == "fp32" or bool(set(m.flags) & set(NATIVE_FLAGS.get(precision, ())))
 
 
-def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+def _best_seconds(fn: Callable[[], Any], repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
     fn()  # warm-up: thread pool start, page faults, packing buffers
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
+
+
+def per_core_fp32(n: int, repeats: int) -> float:
+    """Single-thread GEMM GFLOP/s by this thread's CPU time: what one core attains while it
+    runs, however busy the machine is (wall-clock peaks on a shared machine are not)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.rand(n, n), torch.rand(n, n)
+        return 2.0 * n**3 / _best_seconds(lambda: a @ b, repeats, time.thread_time) / 1e9
+    finally:
+        torch.set_num_threads(threads)
 
 
 def measure_gemm(precision: str, n: int, repeats: int) -> tuple[float, str]:
@@ -225,6 +239,8 @@ def measure_ceilings(quick: bool = False) -> DeviceProfile:
     per_cycle, _ = fp32_flops_per_cycle(machine)
     details.update(
         skipped=skipped,
+        per_core_fp32_gflops=per_core_fp32(n // 2, repeats),
+        loadavg_1m=os.getloadavg()[0],  # > cores: other processes shared the machine
         triad_elements=elems,
         triad_bytes_per_element="24 (3 arrays x float64, STREAM convention, no write-allocate)",
         triad_write_allocate_gbps=bandwidth * 4 / 3,

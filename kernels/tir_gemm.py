@@ -6,8 +6,9 @@ C[M, N] = A[M, K] · B[K, N], written as a tensor expression and then scheduled 
 1. Pack B into panels Bp[N/nr, K, nr]: the micro-kernel then streams one contiguous nr-wide
    row of B per k (one or two cache lines), instead of striding through B by N floats.
 2. Tile C into mr × nr register blocks (8 × 32 = 16 zmm accumulators for AVX-512): each
-   broadcast of A[i, k] feeds nr/16 FMAs and each loaded B vector feeds mr FMAs, enough
-   independent accumulators to cover the FMA latency (4 cycles × 2 pipes on Zen 4).
+   broadcast of A[i, k] feeds nr/16 FMAs and each loaded B vector feeds mr FMAs; 16
+   independent accumulator chains cover the FMA latency (4 cycles) at one zmm FMA per cycle
+   (Zen 4 splits a 512-bit FMA over its two 256-bit pipes). 32 registers leave room for loads.
 3. Accumulate in a small local buffer (`cache_write` + `reverse_compute_at`) that LLVM
    promotes to registers once the mr loop is unrolled and the nr loop vectorised; write C once.
 4. Loop order panel-of-B outer, rows inner: a K × nr panel of B (K·nr·4 bytes, 128 KiB at
