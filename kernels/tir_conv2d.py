@@ -11,6 +11,11 @@ implicit GEMM over (output pixels) × (output channels) × (Cin·kh·kw):
    broadcasting one input value per pixel per step; accumulate in a local tile.
 4. Write the tile to the NCHW output with the bias added, once.
 5. Parallelise over (batch, channel block, output row).
+
+Both re-layouts run on every call, because the ONNX cases pass the weights as inputs; a
+deployment would pack constant weights once. Where spatial size is small and weights large
+(ResNet res5: 7×7 pixels, 9.4 MB of weights) the packing is a large share of the time.
+Run `python -m chipbench.kernels.tir_conv2d` to compare with ONNX Runtime on the ResNet convs.
 """
 
 from __future__ import annotations
@@ -94,9 +99,14 @@ def schedule_conv2d(s: ConvShape) -> Any:
     sch.unroll(x_reg)
     sch.parallel(sch.fuse(n, o_out, y))
     sch.decompose_reduction(acc, ry)
-    for name in ("Xp", "Wp"):  # the layout transforms, parallel over their two outer loops
-        loops = sch.get_loops(sch.get_sblock(name))
-        sch.parallel(sch.fuse(*loops[:2]))
+    sch.vectorize(sch.get_loops(out)[-1])  # mr pixels of one channel are contiguous in NCHW
+    # The layout transforms, parallel over two outer loops. The weight loops run (panel, cin,
+    # ky, kx, cout) so the nr rows of W a panel gathers from stay in L1 across ky, kx.
+    xp = sch.get_loops(sch.get_sblock("Xp"))
+    sch.parallel(sch.fuse(*xp[:2]))
+    p, ky, kx, c, j = sch.get_loops(sch.get_sblock("Wp"))
+    sch.reorder(p, c, ky, kx, j)
+    sch.parallel(sch.fuse(p, c))
     return sch.mod
 
 
@@ -125,13 +135,17 @@ def shape_of(case: Any) -> ConvShape:
     return ConvShape(p["N"], p["C"], p["HW"], p["HW"], p["K"], p["kernel"], p["stride"], p["pad"])
 
 
-def compare(case: Any, rounds: int = 5) -> dict[str, float]:
+def compare(case: Any, rounds: int = 5, per_core: bool = False) -> dict[str, float]:
     """GFLOP/s of this schedule and ONNX Runtime on a conv2d KernelCase (see `tir_gemm.compare`)."""
+    import time
+
     import tvm
 
     from chipbench.backends.base import CompileSpec, get_backend
-    from chipbench.kernels.timing import best_seconds
+    from chipbench.kernels.timing import SINGLE_THREAD_HINT, best_seconds, single_thread_env
 
+    if per_core and not single_thread_env():
+        raise RuntimeError(SINGLE_THREAD_HINT)
     s = shape_of(case)
     inputs = case.make_inputs()
     exe = build_conv2d(s)
@@ -140,13 +154,17 @@ def compare(case: Any, rounds: int = 5) -> dict[str, float]:
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(inputs[n], dev) for n in ("X", "W", "B")]
     args.append(tvm.runtime.empty(case.output, "float32", dev))
-    ort = get_backend("ort-cpu").compile(case.source(), CompileSpec())
-    best = best_seconds({"tir": lambda: exe["main"](*args), "ort": lambda: ort.run(inputs)}, rounds)
+    ort = get_backend("ort-cpu").compile(case.source(), CompileSpec(threads=1 if per_core else None))
+    best = best_seconds({"tir": lambda: exe["main"](*args), "ort": lambda: ort.run(inputs)}, rounds,
+                        clock=time.thread_time if per_core else time.perf_counter)
     return {name: case.flops / s / 1e9 for name, s in best.items()}
 
 
-if __name__ == "__main__":  # python -m chipbench.kernels.tir_conv2d: every ResNet conv2d case
+if __name__ == "__main__":  # python -m chipbench.kernels.tir_conv2d [--per-core]: the ResNet convs
+    import sys
+
     from chipbench.kernels.cases import kernel_cases
 
     for case in kernel_cases("conv2d"):
-        print(case.name, "  ".join(f"{k} {v:6.1f}" for k, v in compare(case).items()), "GFLOP/s")
+        result = compare(case, per_core="--per-core" in sys.argv)
+        print(f"{case.name:32s}", "  ".join(f"{k} {v:6.1f}" for k, v in result.items()), "GFLOP/s")

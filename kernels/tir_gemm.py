@@ -105,15 +105,20 @@ def time_gemm(exe: Any, m: int, n: int, k: int, number: int = 10, repeat: int = 
     return list(exe.mod.time_evaluator("main", dev, number=number, repeat=repeat)(*args).results)
 
 
-def compare(m: int = 1024, n: int = 1024, k: int = 1024, rounds: int = 8) -> dict[str, float]:
+def compare(m: int = 1024, n: int = 1024, k: int = 1024, rounds: int = 8, per_core: bool = False) -> dict[str, float]:
     """GFLOP/s of this schedule, numpy (BLAS) and ONNX Runtime on one shape, best of `rounds`
-    alternating blocks (see `timing.best_seconds`); all three timed from Python alike."""
+    alternating blocks (see `timing.best_seconds`); all three timed from Python alike.
+    per_core: one thread each, timed by CPU time (needs `timing.single_thread_env()`)."""
+    import time
+
     import tvm
 
     from chipbench.backends.base import CompileSpec, get_backend
     from chipbench.kernels.cases import gemm
-    from chipbench.kernels.timing import best_seconds
+    from chipbench.kernels.timing import SINGLE_THREAD_HINT, best_seconds, single_thread_env
 
+    if per_core and not single_thread_env():
+        raise RuntimeError(SINGLE_THREAD_HINT)
     case = gemm(f"{m}x{n}x{k}", m, n, k)
     inputs = case.make_inputs()
     a, b = inputs["A"], inputs["B"]
@@ -122,15 +127,16 @@ def compare(m: int = 1024, n: int = 1024, k: int = 1024, rounds: int = 8) -> dic
         raise AssertionError("TIR GEMM disagrees with numpy")
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(a, dev), tvm.runtime.tensor(b, dev), tvm.runtime.empty((m, n), "float32", dev)]
-    ort = get_backend("ort-cpu").compile(case.source(), CompileSpec())
+    ort = get_backend("ort-cpu").compile(case.source(), CompileSpec(threads=1 if per_core else None))
     best = best_seconds({"tir": lambda: exe["main"](*args), "numpy": lambda: a @ b,
-                         "ort": lambda: ort.run(inputs)}, rounds)
+                         "ort": lambda: ort.run(inputs)}, rounds,
+                        clock=time.thread_time if per_core else time.perf_counter)
     return {name: case.flops / s / 1e9 for name, s in best.items()}
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m chipbench.kernels.tir_gemm [M N K] [--per-core]
     import sys
 
-    shape = [int(x) for x in sys.argv[1:4]] or [1024, 1024, 1024]
-    for name, gflops in compare(*shape).items():
+    shape = [int(x) for x in sys.argv[1:] if x.isdigit()] or [1024, 1024, 1024]
+    for name, gflops in compare(*shape, per_core="--per-core" in sys.argv).items():
         print(f"{name:6s} {gflops:7.1f} GFLOP/s")
