@@ -19,7 +19,7 @@ from chipbench.backends.base import Arrays, Compiled, CompileSpec, Unsupported, 
 from chipbench.byo import ModelError, prepare_model
 from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
-from chipbench.prepare import PrepareError, Prepared, prepare_workload
+from chipbench.prepare import PrepareError, Prepared, prepare_workload, sha256_file
 from chipbench.record import RunRecord
 from chipbench.scenarios import batch_for, measure
 from chipbench.stats import LatencyStats
@@ -58,8 +58,12 @@ def base_record(cell: Cell, status: str, reason: str | None = None, **extra) -> 
 
 
 def describe_workload(cell: Cell) -> dict:
+    if cell.kernel:
+        case = kernel_case(cell.kernel)
+        return {"name": cell.workload, "kind": "kernel", "scenario": f"operator microbenchmark: {case.kernel}",
+                "task_metric": None, "params": {"kernel": case.name, **case.params}}
     if cell.model:
-        return {"name": cell.workload, "scenario": "bring-your-own ONNX model", "task_metric": None,
+        return {"name": cell.workload, "kind": "model", "scenario": "bring-your-own ONNX model", "task_metric": None,
                 "params": {"model": cell.model, "inputs": list(cell.inputs), "input_data": cell.input_data,
                            "expected": cell.expected}}
     try:
@@ -73,22 +77,56 @@ class Preparation:
     prepared: Prepared
     tolerance: Tolerance
     notes: list[str]
-    workload: Workload | None = None  # None for a foreign ONNX model
+    workload: Workload | None = None  # None for a foreign ONNX model or a kernel
     calibration: tuple | None = None  # (batches callable, key) for int8
+    work: dict | None = None  # FLOPs and minimum bytes of one query
+
+
+def kernel_case(name: str):
+    from chipbench.kernels.cases import kernel_cases
+
+    for case in kernel_cases() + kernel_cases("smoke"):
+        if case.name == name:
+            return case
+    raise KeyError(f"unknown kernel case '{name}' (see `chipbench kernels --list`)")
 
 
 def prepare(cell: Cell, batch: int) -> Preparation:
     """Model, inputs, reference and calibration data for the cell."""
+    if cell.kernel:
+        case = kernel_case(cell.kernel)
+        inputs = case.make_inputs(cell.seed)
+        reference = case.reference(inputs)
+        source = case.source()
+        prepared = Prepared(source, inputs, reference, sha256_file(source.onnx_path), "chipbench.kernels", 17)
+        # the case's own gate: max error relative to the reference's largest magnitude
+        scale = float(np.max(np.abs(reference["Y"])))
+        tolerance = Tolerance(max_abs=case.tolerance * scale, rel_l2=case.tolerance * 10, min_cosine=0.9999)
+        calibration = (lambda: [case.make_inputs(10_000 + i) for i in range(8)],
+                       {"kernel": case.name, "split": "synthetic", "n": 8})
+        return Preparation(prepared, tolerance, ["reference: numpy"], calibration=calibration,
+                           work={"flops": case.flops, "bytes": case.bytes, "source": "kernel case (exact)"})
     if cell.model:
         prepared, reference_from = prepare_model(cell.model, list(cell.inputs), cell.expected,
                                                  cell.input_data, batch, cell.seed)
         synthetic = (lambda: [make_model_inputs(prepared, 10_000 + i) for i in range(8)],
                      {"model": prepared.onnx_sha256, "split": "synthetic", "n": 8 * batch})
         return Preparation(prepared, DEFAULT_TOLERANCES[cell.precision], [f"reference: {reference_from}"],
-                           calibration=synthetic)
+                           calibration=synthetic, work=graph_work(prepared.source.onnx_path))
     workload = get_workload(cell.workload, **cell.workload_params)
-    return Preparation(prepare_workload(workload, batch, cell.seed), workload.tolerance(cell.precision), [],
-                       workload, calibration_for(workload, batch))
+    prepared = prepare_workload(workload, batch, cell.seed)
+    return Preparation(prepared, workload.tolerance(cell.precision), [], workload,
+                       calibration_for(workload, batch), graph_work(prepared.source.onnx_path))
+
+
+def graph_work(onnx_path: Path) -> dict | None:
+    """FLOPs and minimum bytes of one query, summed over the ONNX graph's nodes."""
+    from chipbench.kernels.onnx_flops import node_costs, totals
+
+    try:
+        return {**totals(node_costs(onnx_path)), "source": "onnx_flops (per-node sum)"}
+    except Exception:  # an exotic graph: the run is still worth recording without it
+        return None
 
 
 def make_model_inputs(prepared: Prepared, seed: int) -> Arrays:
@@ -189,7 +227,7 @@ def _measure(cell, prep: Preparation, compiled: Compiled, backend_info, compile_
         backend=backend_info, compile=compile_info, provenance=provenance,
         latency=stats.to_dict(), throughput=throughput, accuracy=_finite(accuracy),
         verdict="INVALID" if failures else "VALID", notes=prep.notes + ([m.note] if m.note else []),
-        coverage=ops_coverage,
+        coverage=ops_coverage, work=prep.work,
     )
 
 

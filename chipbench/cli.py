@@ -102,26 +102,23 @@ def run(
     _check_names(cells)
 
     store = ResultsStore(results_dir)
-    failures = 0
-
-    def done(cell, rec) -> None:
-        nonlocal failures
-        if rec.status == "ok":
-            lat = rec.latency
-            color = "green" if rec.verdict == "VALID" else "red"
-            err.print(f"  [{color}]{rec.verdict}[/{color}] {escape(cell.label())}: p50 {lat['median']:.3g} ms, "
-                      f"{rec.throughput['value']:.4g} samples/s", markup=True)
-        else:
-            failures += rec.status == "failed"
-            color = "red" if rec.status == "failed" else "yellow"
-            err.print(f"  [{color}]{rec.status.upper()}[/{color}] {escape(cell.label())}: {escape(rec.reason or '')}", markup=True)
-
     err.print(f"chipbench: {len(cells)} cell(s) → {results_dir}/")
-    run_cells(cells, store, on_done=done)
+    records = run_cells(cells, store, on_done=_progress)
     if report:
         _write_report(store, results_dir / "report.md", results_dir / "report.html")
-    if failures:
+    if any(r.status == "failed" for r in records):
         raise typer.Exit(1)
+
+
+def _progress(cell, rec) -> None:
+    if rec.status == "ok":
+        color = "green" if rec.verdict == "VALID" else "red"
+        err.print(f"  [{color}]{rec.verdict}[/{color}] {escape(cell.label())}: p50 {rec.latency['median']:.3g} ms, "
+                  f"{rec.throughput['value']:.4g} samples/s", markup=True)
+    else:
+        color = "red" if rec.status == "failed" else "yellow"
+        err.print(f"  [{color}]{rec.status.upper()}[/{color}] {escape(cell.label())}: {escape(rec.reason or '')}",
+                  markup=True)
 
 
 def _model_cells(model, inputs, input_data, expected, backends, precisions, scenarios, batch):
@@ -150,7 +147,7 @@ def _check_names(cells) -> None:
 
     known_w, known_b = set(workload_names()), set(backend_names())
     for cell in cells:
-        if cell.workload not in known_w and not cell.model:
+        if cell.workload not in known_w and not (cell.model or cell.kernel):
             fail(f"unknown workload '{cell.workload}' (known: {', '.join(sorted(known_w))})")
         if cell.backend not in known_b:
             fail(f"unknown backend '{cell.backend}' (known: {', '.join(sorted(known_b))})")
@@ -162,7 +159,7 @@ def _write_report(store, md: Path | None, html: Path | None) -> None:
     records = store.latest()
     if not records:
         fail(f"no results in {store.root}/ (run `chipbench run` first)")
-    for path in write_reports(records, md, html):
+    for path in write_reports(records, md, html, store.root):
         err.print(f"wrote {path}")
 
 
@@ -178,6 +175,144 @@ def report(
     if html is None and md is None:
         html, md = results_dir / "report.html", results_dir / "report.md"
     _write_report(ResultsStore(results_dir), md, html)
+
+
+@app.command()
+def probe(
+    quick: Annotated[bool, typer.Option("--quick", help="Small GEMM and triad (seconds, less exact).")] = False,
+    results_dir: ResultsDir = Path("results"),
+) -> None:
+    """Measure this machine's ceilings (GEMM FLOP/s per precision, STREAM triad bandwidth)."""
+    from chipbench.probe import measure_ceilings, save_profile
+
+    err.print("chipbench: measuring device ceilings (all cores)...")
+    profile = measure_ceilings(quick=quick)
+    path = save_profile(profile, results_dir)
+    for precision, gflops in profile.peak_gflops.items():
+        theory = profile.theoretical_gflops.get(precision)
+        of = f" ({100 * gflops / theory:.0f} % of theoretical {theory:.0f})" if theory else ""
+        print(f"peak {precision}: {gflops:.1f} G(FL)OP/s{of}")
+    print(f"triad bandwidth: {profile.bandwidth_gbps:.1f} GB/s")
+    for precision, why in profile.details.get("skipped", {}).items():
+        print(f"{precision}: not measured ({why})")
+    err.print(f"wrote {path}")
+
+
+@app.command()
+def kernels(
+    kernel: Annotated[Optional[list[str]], typer.Option("-k", "--kernel", help="Kernel case(s) or kernel name(s).")] = None,
+    tag: Annotated[Optional[str], typer.Option("--tag", help="Cases with this tag (kernel, workload, deepbench, smoke).")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option("-b", "--backend", help="Backend name(s).")] = None,
+    list_only: Annotated[bool, typer.Option("--list", help="List the cases and exit.")] = False,
+    min_duration: Annotated[float, typer.Option("--min-duration")] = 0.5,
+    timeout: Annotated[float, typer.Option("--timeout")] = 300.0,
+    results_dir: ResultsDir = Path("results"),
+) -> None:
+    """Operator microbenchmarks at workload shapes, through every backend, into the results store."""
+    from chipbench.kernels.cases import kernel_cases
+    from chipbench.runner import run_cells
+    from chipbench.scenarios import MeasureSettings
+    from chipbench.store import ResultsStore
+    from chipbench.suite import Cell
+
+    cases = kernel_cases(tag) if tag else kernel_cases() + kernel_cases("smoke")
+    wanted = _split(kernel)
+    if wanted:
+        cases = [c for c in cases if c.name in wanted or c.kernel in wanted]
+    if not cases:
+        fail(f"no kernel case matches {', '.join(wanted) or tag}")
+    if list_only:
+        for c in cases:
+            print(f"{c.name:40s} {c.flops / 1e9:10.4f} GFLOP {c.bytes / 1e6:10.3f} MB  AI {c.intensity:7.2f}")
+        return
+    settings = MeasureSettings(warmup_count=3, warmup_s=0.1, min_count=10, min_duration_s=min_duration)
+    cells = [Cell(workload=c.name, kernel=c.name, backend=b, timeout_s=timeout, settings=settings)
+             for c in cases for b in (_split(backend) or ["ort-cpu", "tvm-llvm"])]
+    _check_names(cells)
+    err.print(f"chipbench: {len(cells)} kernel cell(s) → {results_dir}/")
+    records = run_cells(cells, ResultsStore(results_dir), on_done=_progress)
+    if any(r.status == "failed" for r in records):
+        raise typer.Exit(1)
+
+
+@app.command()
+def profile(
+    workload: Annotated[list[str], typer.Option("-w", "--workload", help="Workload name(s).")],
+    backend: Annotated[Optional[list[str]], typer.Option("-b", "--backend", help="ort-cpu, tvm-llvm, tvm-llvm-tuned.")] = None,
+    batch: Annotated[int, typer.Option("--batch")] = 1,
+    runs: Annotated[int, typer.Option("--runs")] = 10,
+    results_dir: ResultsDir = Path("results"),
+) -> None:
+    """Per-operator time breakdown, placed on this machine's roofline (run `chipbench probe` first)."""
+    from chipbench.opprofile import OpProfileError, profile as take_profile, render_markdown
+    from chipbench.paths import atomic_write_text
+    from chipbench.probe import load_profile
+
+    device = load_profile(results_dir)
+    if device is None:
+        err.print("no device profile yet: roofline columns stay empty (run `chipbench probe`)")
+    for w in _split(workload):
+        for b in _split(backend) or ["ort-cpu", "tvm-llvm"]:
+            try:
+                prof = take_profile(w, b, batch=batch, runs=runs, device=device)
+            except (OpProfileError, KeyError) as exc:
+                err.print(f"[yellow]{escape(w)} × {escape(b)}: {escape(str(exc))}[/yellow]", markup=True)
+                continue
+            path = results_dir / "profiles" / f"{w}-{b}-b{batch}.json"
+            atomic_write_text(path, json.dumps(prof.to_dict(), indent=1))
+            print(render_markdown(prof))
+            err.print(f"wrote {path}")
+
+
+@app.command()
+def project(
+    hw: Annotated[str, typer.Option("--hw", help="Hardware spec TOML (or the name of one in hardware/).")],
+    workload: Annotated[str, typer.Option("-w", "--workload")],
+    precision: Annotated[str, typer.Option("--precision")] = "fp32",
+    batch: Annotated[int, typer.Option("--batch")] = 1,
+    calibration: Annotated[str, typer.Option("--calibration", help="Backend measured here to calibrate efficiency (ort-cpu), a factor, or none.")] = "ort-cpu",
+    results_dir: ResultsDir = Path("results"),
+) -> None:
+    """Project a workload onto a (hypothetical) accelerator by roofline, calibrated by this machine."""
+    from chipbench.paths import atomic_write_text
+    from chipbench.project import HardwareSpecError, project as do_project, render_markdown
+
+    try:
+        cal: object = float(calibration)
+    except ValueError:
+        cal = calibration
+    try:
+        proj = do_project(workload, hw, precision=precision, batch=batch, calibration=cal, results_dir=results_dir)
+    except (HardwareSpecError, ValueError, KeyError) as exc:
+        fail(str(exc).strip("'\""))
+    text = render_markdown(proj)
+    stem = f"{workload}-{Path(hw).stem}-{precision}-b{batch}"
+    atomic_write_text(results_dir / "projections" / f"{stem}.json", json.dumps(proj.to_dict(), indent=1, default=str))
+    atomic_write_text(results_dir / "projections" / f"{stem}.md", text)
+    print(text)
+
+
+@app.command()
+def tune(
+    workload: Annotated[Optional[str], typer.Option("-w", "--workload", help="Workload to tune.")] = None,
+    kernel: Annotated[Optional[str], typer.Option("-k", "--kernel", help="Kernel case to tune (KERNEL/LABEL).")] = None,
+    trials: Annotated[int, typer.Option("--trials", help="Measured candidates the database should hold.")] = 64,
+    rounds: Annotated[int, typer.Option("--rounds", help="Measure latency after each of this many rounds.")] = 1,
+    batch: Annotated[int, typer.Option("--batch")] = 1,
+    results_dir: ResultsDir = Path("results"),
+) -> None:
+    """MetaSchedule tuning for this CPU into a persistent, resumable database (used by tvm-llvm-tuned)."""
+    from chipbench.tuning import TuningError, tune as do_tune
+
+    if (workload is None) == (kernel is None):
+        fail("give exactly one of -w WORKLOAD or -k KERNEL")
+    try:
+        result = do_tune(workload or kernel, trials, results_dir, rounds, kind="workload" if workload else "kernel",
+                         batch=batch)
+    except TuningError as exc:
+        fail(str(exc))
+    for line in result.summary():
+        print(line)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ class RunRecord:
     provenance: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     coverage: dict[str, Any] | None = None  # ONNX operators: counts and what became of each
+    work: dict[str, Any] | None = None  # FLOPs and minimum bytes of one query (for the roofline)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
     id: str = ""

@@ -6,7 +6,9 @@ Every value that came from a user (names, reasons, paths) is escaped.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -72,7 +74,12 @@ def cell_summary(rec: RunRecord | None) -> dict[str, str]:
     }
 
 
+def is_kernel(rec: RunRecord) -> bool:
+    return rec.workload.get("kind") == "kernel"
+
+
 def build_tables(records: list[RunRecord]) -> list[Table]:
+    records = [r for r in records if not is_kernel(r)]
     tables: dict[tuple[str, str], Table] = {}
     for rec in records:
         key = (rec.scenario["name"], rec.precision)
@@ -186,7 +193,51 @@ def _most_common(dicts) -> dict:
     return json.loads(text)
 
 
-def render(records: list[RunRecord], fmt: str, title: str = "chipbench report") -> str:
+@dataclass
+class Extras:
+    """What the report shows beside the records: ceilings, roofline, per-op profiles, projections."""
+
+    device: dict | None = None
+    roofline_png: Path | None = None
+    points: list = field(default_factory=list)  # (record, roofline Point)
+    profiles: list[dict] = field(default_factory=list)
+    projections: list[str] = field(default_factory=list)
+
+    def point_of(self, rec: RunRecord):
+        return next((p for r, p in self.points if r.id == rec.id), None)
+
+
+def gather_extras(records: list[RunRecord], results_dir: Path | None) -> Extras:
+    if results_dir is None:
+        return Extras()
+    from chipbench.probe import load_profile
+    from chipbench.roofline import place, plot
+
+    extras = Extras()
+    for path in sorted((results_dir / "profiles").glob("*.json")):
+        extras.profiles.append(json.loads(path.read_text()))
+    for path in sorted((results_dir / "projections").glob("*.md")):
+        extras.projections.append(path.read_text())
+    device = load_profile(results_dir)
+    if device is None:
+        return extras
+    extras.device = {"peaks": device.peak_gflops, "bandwidth": device.bandwidth_gbps,
+                     "theoretical": device.theoretical_gflops, "measured_at": device.measured_at,
+                     "quick": device.quick}
+    for r in records:
+        if r.status == "ok" and r.work and r.work.get("flops") and r.precision == "fp32":
+            label = f"{r.workload['name']} {r.backend['name']}" + ("" if r.batch == 1 else f" b{r.batch}")
+            seconds = r.latency["median"] / 1e3
+            extras.points.append((r, place(device, label, r.work["flops"], r.work["bytes"], seconds)))
+    if extras.points:
+        out = plot(device, [p for _, p in extras.points], results_dir / "roofline",
+                   title=f"Roofline: {device.machine.cpu} ({device.machine.cores} cores)")
+        extras.roofline_png = out[0]
+    return extras
+
+
+def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
+           extras: Extras | None = None, image_ref: str | None = None) -> str:
     env = Environment(
         loader=PackageLoader("chipbench", "templates"),
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
@@ -204,18 +255,32 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report") 
         problems=[r for r in records if r.status != "ok" or r.verdict == "INVALID"],
         runs=sorted(ok, key=lambda r: (r.scenario["name"], r.precision, r.workload["name"], r.backend["name"])),
         untuned=any(cell_summary(r)["untuned"] for r in ok),
-        precision_rows=precision_rows(records),
+        precision_rows=precision_rows([r for r in records if not is_kernel(r)]),
+        kernels=sorted((r for r in records if is_kernel(r)), key=lambda r: (r.workload["name"], r.backend["name"])),
+        extras=extras or Extras(),
+        image_ref=image_ref,
         coverage=coverage_matrix(records),
         task_summary=task_summary,
         counts=Counter(r.status for r in records),
     )
 
 
-def write_reports(records: list[RunRecord], md_path: Path | None, html_path: Path | None) -> list[Path]:
+def write_reports(records: list[RunRecord], md_path: Path | None, html_path: Path | None,
+                  results_dir: Path | None = None) -> list[Path]:
+    extras = gather_extras(records, results_dir)
     written = []
-    for path, fmt in ((md_path, "md"), (html_path, "html")):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(render(records, fmt))
-            written.append(path)
+    if md_path is not None:
+        ref = os.path.relpath(extras.roofline_png, md_path.parent) if extras.roofline_png else None
+        written.append(_write(md_path, render(records, "md", extras=extras, image_ref=ref)))
+    if html_path is not None:  # self-contained: the plot travels inside the page
+        ref = None
+        if extras.roofline_png:
+            ref = "data:image/png;base64," + base64.b64encode(extras.roofline_png.read_bytes()).decode()
+        written.append(_write(html_path, render(records, "html", extras=extras, image_ref=ref)))
     return written
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

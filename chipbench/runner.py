@@ -64,11 +64,24 @@ def _failed(cell: Cell, reason: str) -> RunRecord:
     return base_record(cell, "failed", reason)
 
 
+def device_summary(results_dir: Path) -> dict | None:
+    """This machine's measured ceilings (`chipbench probe`), attached to every run made here."""
+    from chipbench.probe import load_profile
+
+    profile = load_profile(results_dir)
+    if profile is None:
+        return None
+    return {"key": profile.key, "peak_gflops": profile.peak_gflops, "bandwidth_gbps": profile.bandwidth_gbps,
+            "measured_at": profile.measured_at, "quick": profile.quick}
+
+
 def run_cells(cells: list[Cell], store: ResultsStore,
               on_done: Callable[[Cell, RunRecord], None] | None = None) -> list[RunRecord]:
     records = []
+    device = device_summary(store.root)
     for cell in cells:
         record = run_isolated(cell)
+        record.provenance["device_profile"] = device
         store.add(record)
         records.append(record)
         if on_done:

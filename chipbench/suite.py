@@ -30,6 +30,7 @@ class Cell:
     tuning_db: str | None = None
     task_samples: int = 256  # test-split samples for the task metric (0: fidelity only)
     workload_params: dict[str, Any] = field(default_factory=dict)
+    kernel: str | None = None  # a kernel case name, e.g. "gemm/square-1024" (then `workload` is it too)
     model: str | None = None  # bring-your-own ONNX file (then `workload` is its label)
     inputs: tuple[str, ...] = ()  # NAME:SHAPE[:DTYPE] for a model's dynamic inputs
     input_data: str | None = None  # arrays to feed the model (.npz, .npy, .pb, test-data folder)

@@ -1,0 +1,42 @@
+"""The compiler engineer's verbs end to end: probe, kernels, profile, project, and the report."""
+
+import json
+
+from test_cli import cli, records
+
+
+def test_probe_kernels_profile_project_report(tmp_path):
+    res = tmp_path / "res"
+    out = cli("probe", "--quick", "--results-dir", res).stdout
+    assert "peak fp32" in out and "triad bandwidth" in out
+    assert list((res / "device").glob("*.json"))
+
+    cli("kernels", "-k", "gemm/smoke,softmax/smoke", "-b", "ort-cpu", "--min-duration", "0.05",
+        "--results-dir", res)
+    recs = records(res)
+    assert sorted(r["workload"]["name"] for r in recs) == ["gemm/smoke", "softmax/smoke"]
+    assert all(r["verdict"] == "VALID" and r["work"]["flops"] > 0 for r in recs)
+    assert all(r["provenance"]["device_profile"]["peak_gflops"]["fp32"] > 0 for r in recs)
+
+    cli("profile", "-w", "tiny-mlp", "-b", "ort-cpu", "--runs", "3", "--results-dir", res)
+    prof = json.loads((res / "profiles" / "tiny-mlp-ort-cpu-b1.json").read_text())
+    assert {op["op_type"] for op in prof["ops"]} >= {"Gemm"}
+
+    proj = cli("project", "--hw", "edge-npu", "-w", "tiny-mlp", "--calibration", "none",
+               "--results-dir", res).stdout
+    assert "edge" in proj.lower()
+
+    cli("report", "--results-dir", res)
+    md = (res / "report.md").read_text()
+    for section in ("## Kernels", "## Roofline", "![roofline](roofline.png)", "## Per-operator breakdown: tiny-mlp"):
+        assert section in md
+    assert (res / "roofline.png").stat().st_size > 1000
+    assert 'src="data:image/png;base64,' in (res / "report.html").read_text()
+
+
+def test_bad_hardware_spec_is_one_line(tmp_path):
+    spec = tmp_path / "chip.toml"
+    spec.write_text('name = "x"\nbandwidth_gbps = -1\n')
+    proc = cli("project", "--hw", spec, "-w", "tiny-mlp", "--results-dir", tmp_path, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "chip.toml" in lines[0], proc.stderr
