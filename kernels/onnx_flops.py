@@ -144,3 +144,46 @@ def node_costs(model: onnx.ModelProto | str | Path, dims: Mapping[str, int] | No
 
 def totals(costs: list[NodeCost]) -> dict[str, int]:
     return {"flops": sum(c.flops for c in costs), "bytes": sum(c.bytes for c in costs)}
+
+
+# ONNX Runtime's profiler names element types in its own words.
+ORT_TYPE_BYTES = {"float": 4, "double": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
+                  "int16": 2, "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}
+
+
+def ort_profile_ops(profile: str | Path | list[dict], model: onnx.ModelProto | None = None) -> list[dict]:
+    """Per-node costs of what ONNX Runtime actually ran, from its profile JSON
+    (`SessionOptions.enable_profiling`): median kernel time over the runs, FLOPs and bytes from
+    the shapes ORT recorded. ORT fuses and inserts nodes ("r_nchwc" for Conv+Relu,
+    ReorderOutput), so nodes are taken as ORT names them; attributes that shapes cannot give
+    (pool windows, Gemm transposes) come from `model`'s node of the same name, if any. The
+    counts are of the work ORT ran: its blocked (NCHWc) kernels pad channels to the vector
+    width, so a Conv can count more FLOPs here than in `node_costs`.
+    Returns dicts for `chipbench.roofline.place_ops`: name, op_type, seconds, flops, bytes, calls."""
+    import json
+
+    events = json.loads(Path(profile).read_text()) if isinstance(profile, (str, Path)) else profile
+    by_name = {n.name: n for n in model.graph.node} if model is not None else {}
+    runs: dict[str, list[dict]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            runs.setdefault(e["name"].removesuffix("_kernel_time"), []).append(e)
+    ops = []
+    for name, evs in runs.items():
+        args = evs[0]["args"]
+        shapes = {}
+        for key in ("input_type_shape", "output_type_shape"):
+            shapes[key] = [(tuple(s), ORT_TYPE_BYTES.get(t, 4)) for d in args.get(key, []) for t, s in d.items()]
+        node = by_name.get(name) or helper.make_node(args["op_name"], [], [])
+        if node.op_type != args["op_name"]:
+            node = helper.make_node(args["op_name"], [], [])
+        ins, outs = shapes["input_type_shape"], shapes["output_type_shape"]
+        ops.append({
+            "name": name,
+            "op_type": args["op_name"],
+            "seconds": float(np.median([e["dur"] for e in evs])) / 1e6,  # "dur" is in microseconds
+            "flops": node_flops(node, [s for s, _ in ins], [s for s, _ in outs]),
+            "bytes": sum(math.prod(s) * size for s, size in (*ins, *outs)),
+            "calls": len(evs),
+        })
+    return ops

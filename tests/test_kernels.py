@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from chipbench.backends.base import CompileSpec, get_backend
 from chipbench.kernels.cases import conv2d, gemm, kernel_cases, kernel_names
-from chipbench.kernels.onnx_flops import node_costs, totals
+from chipbench.kernels.onnx_flops import node_costs, ort_profile_ops, totals
 
 F = TensorProto.FLOAT
 
@@ -130,3 +130,27 @@ def test_tir_conv2d_matches_reference(case):
     inputs = case.make_inputs()
     out = run_conv2d(build_conv2d(shape_of(case)), shape_of(case), inputs["X"], inputs["W"], inputs["B"])
     assert case.error(out, case.ref(**inputs)) <= case.tolerance
+
+
+def test_ort_profile_ops(tmp_path):
+    import onnxruntime as ort
+
+    model = _model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+         helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2], name="pool")],
+        [("x", [1, 4, 16, 16])], [("y", [1, 8, 8, 8])], [_weights("w", [8, 4, 3, 3])])
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp_path / "ort")
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, {"x": np.ones((1, 4, 16, 16), np.float32)})
+    ops = {o["op_type"]: o for o in ort_profile_ops(session.end_profiling(), model)}
+    # fused with Relu, however ORT names it; NCHWc kernels pad the 8 output channels to the
+    # vector block (16 on AVX-512), and the count is of the work ORT ran
+    per_channel = 2 * 16 * 16 * 4 * 9
+    assert ops["Conv"]["flops"] in (8 * per_channel, 16 * per_channel)
+    assert ops["MaxPool"]["calls"] == 3 and ops["MaxPool"]["seconds"] > 0
+    assert all(o["bytes"] > 0 for o in ops.values())
