@@ -15,7 +15,7 @@ from chipbench.probe import (
     save_profile,
     theoretical_peaks,
 )
-from chipbench.roofline import Ceilings, place, place_ops, plot, table
+from chipbench.roofline import Ceilings, benchmark_points, place, place_ops, plot, table
 
 ZEN4 = Machine("AMD EPYC 9654 96-Core Processor", 2, "x86_64",
                ("avx", "avx2", "avx512_bf16", "avx512_vnni", "avx512f", "fma"), 2600.0, "AuthenticAMD", 25)
@@ -79,3 +79,15 @@ def test_place_ops_table_and_plot(tmp_path):
     files = plot(profile, points, tmp_path / "roof", title="test")
     assert [f.suffix for f in files] == [".png", ".svg"] and all(f.stat().st_size > 1000 for f in files)
     assert "conv1" in files[1].read_text()  # points are labelled
+
+
+def test_benchmark_points(tmp_path):
+    bench = {"benchmarks": [
+        {"name": f"test_kernel[gemm/x-{b}]", "group": "gemm/x", "stats": {"median": s},
+         "extra_info": {"backend": b, "kernel": "gemm", "flops": 2e9, "bytes": 1e7}}
+        for b, s in (("ort-cpu", 0.02), ("tir", 0.01))]}
+    path = tmp_path / "kernels.json"
+    path.write_text(json.dumps(bench))
+    points = benchmark_points(Ceilings(200.0, 20.0), path)
+    assert sorted(points) == ["ort-cpu", "tir"]
+    assert points["tir"][0].label == "gemm/x" and points["tir"][0].gflops == pytest.approx(200.0)
