@@ -180,10 +180,15 @@ def report(
 @app.command()
 def probe(
     quick: Annotated[bool, typer.Option("--quick", help="Small GEMM and triad (seconds, less exact).")] = False,
+    if_missing: Annotated[bool, typer.Option("--if-missing", help="Keep this machine's saved profile if there is one.")] = False,
     results_dir: ResultsDir = Path("results"),
 ) -> None:
     """Measure this machine's ceilings (GEMM FLOP/s per precision, STREAM triad bandwidth)."""
-    from chipbench.probe import measure_ceilings, save_profile
+    from chipbench.probe import load_profile, measure_ceilings, save_profile
+
+    if if_missing and load_profile(results_dir) is not None:
+        err.print("device profile already measured for this machine (drop --if-missing to measure again)")
+        return
 
     err.print("chipbench: measuring device ceilings (all cores)...")
     profile = measure_ceilings(quick=quick)

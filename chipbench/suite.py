@@ -86,7 +86,13 @@ def load_suite(path: Path) -> list[Cell]:
     cells: list[Cell] = []
     for i, table in enumerate(data.get("cells", []), 1):
         merged = {**defaults, **table}
+        kernels = _kernel_names(merged.pop("kernels", None), merged.pop("kernel_tag", None))
         try:
+            if kernels:
+                cells += [replace(c, kernel=c.workload) for c in expand(
+                    kernels, _as_list(merged.pop("backend", merged.pop("backends", None)), "backend", path, i),
+                    **merged)]
+                continue
             cells += expand(
                 _as_list(merged.pop("workload", merged.pop("workloads", None)), "workload", path, i),
                 _as_list(merged.pop("backend", merged.pop("backends", None)), "backend", path, i),
@@ -99,6 +105,16 @@ def load_suite(path: Path) -> list[Cell]:
     if not cells:
         raise SuiteError(f"{path}: no [[cells]] defined")
     return cells
+
+
+def _kernel_names(names: list[str] | None, tag: str | None) -> list[str]:
+    """Kernel cases named in a suite, directly or by tag."""
+    if not names and not tag:
+        return []
+    from chipbench.kernels.cases import kernel_cases
+
+    tagged = [c.name for c in kernel_cases(tag)] if tag else []
+    return list(dict.fromkeys([*(names or []), *tagged]))
 
 
 def _as_list(value: Any, what: str, path: Path, index: int) -> list[str]:
