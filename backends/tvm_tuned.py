@@ -80,7 +80,8 @@ class TvmLlvmTuned(TvmLlvm):
         compiled.pipeline = f"{compiled.pipeline} ({cov['tasks_applied']}/{cov['tasks_found']} tasks tuned)"
         compiled.details.update({
             "tuning_db_path": str(folder),
-            "trials": tuning.record_count(folder),
+            "trials": meta.get("trials", tuning.record_count(folder)),  # tuning effort behind it
+            "records": tuning.record_count(folder),  # fewer when shipped pruned to the best per task
             "tuning_s": meta.get("tuning_s"),
             "tuned_with_tvm": meta.get("tvm"),
             "tasks_found": cov["tasks_found"],

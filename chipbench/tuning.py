@@ -313,6 +313,26 @@ class TuneResult:
         d["folder"] = str(self.folder)
         return d
 
+    def summary(self) -> list[str]:
+        """A few lines for the CLI: the database, the curve's end points and the break-even."""
+        cov = self.coverage or {}
+        lines = [f"database: {self.folder}",
+                 f"trials: {self.trials} in {self.tuning_s:.0f} s of tuning ({self.rounds_run} round(s) this run); "
+                 f"tasks with a record {cov.get('tasks_with_record', '?')}/{cov.get('tasks_found', '?')}, "
+                 f"applied {cov.get('tasks_applied', '?')}"]
+        if self.failed_tasks:
+            lines.append("failed tasks: " + "; ".join(f"{k} ({v['reason']})" for k, v in self.failed_tasks.items()))
+        fmt = lambda v: "n/a" if v is None else f"{v:.4g} ms"  # noqa: E731
+        lines.append(f"latency: untuned {fmt(self.untuned_ms)}, tuned {fmt(self.tuned_ms)}, "
+                     f"ONNX Runtime {fmt(self.ort_ms)}")
+        b = self.break_even or {}
+        if b.get("inferences"):
+            lines.append(f"break-even: {b['inferences']:,} inferences ({b['hours_at_tuned_latency']:.3g} h "
+                         f"of back-to-back inference at the tuned latency) pay back {self.tuning_s:.0f} s of tuning")
+        elif b:
+            lines.append("break-even: never (the tuned build is not faster than the untuned one)")
+        return lines + self.notes
+
 
 def break_even(untuned_ms: float | None, tuned_ms: float | None, tuning_s: float,
                ort_ms: float | None = None) -> dict | None:
@@ -394,9 +414,10 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
               target: str | None = None, threads: int | None = None, seed: int = 0,
               cost_model: str = "random", strategy: str = "evolutionary",
               task_scheduler: str = "gradient", trials_per_iter: int = 64, builder: str = "pool",
+              builders: int | None = None,
               builder_timeout_s: float = 120.0, runner_timeout_s: float = 30.0,
               round_timeout_s: float | None = None, measure_s: float = 1.0,
-              retry_failed: bool = False, nice: int = 0, root: Path | None = None,
+              focus: float = 0.9, retry_failed: bool = False, nice: int = 0, root: Path | None = None,
               crash_tasks: Sequence[str] = (), log: Callable[[str], None] | None = None) -> TuneResult:
     """Tune any ONNX file (static shapes) for the host CPU (or `target`) into the database
     keyed by (model, target) under `root` (default RESULTS_DIR/tuning), until it holds
@@ -405,7 +426,16 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
 
     model: the key's model part (default {"kind": "onnx", "name": stem, "onnx_sha256"}).
     inputs: arrays for latency measurement (default: seeded from the ONNX input shapes).
-    cost_model: "random" (no dependency), "mlp" (torch), "xgb" (needs xgboost).
+    cost_model: "random" (no dependency, the default), "xgb" (needs xgboost), "mlp" (torch;
+    in TVM 0.27 its first full training fails on small data sets: "need at least one array").
+    strategy: "evolutionary" (MetaSchedule's default: population 512, 4 generations),
+    "evolutionary-lite" (population 128, 2 generations: with a random cost model the generations
+    only cost time) or "replay-trace" (random samples of the design space; tests use it).
+    focus: after every task has a record, a round tunes only the tasks that make up this share
+    of the model's estimated time (see `_select_tasks`).
+    builder: "pool" (chipbench's process pools, the default) or "local" (MetaSchedule's
+    LocalBuilder/LocalRunner, which need the `cloudpickle` package); `builders` build processes
+    (default: one per core).
     crash_tasks: fault injection for tests, names of tasks whose design-space generation
     aborts the worker process.
     Failed tasks are skipped on later calls unless `retry_failed`."""
@@ -427,7 +457,7 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
     if existing is not None and existing != json.loads(_key_text(key)):
         raise TuningError(f"{folder}: key.json holds a different key (hash collision?); not touching it")
 
-    with _locked(folder):
+    with _locked(folder), _sigterm_raises():
         if existing is None:
             _write_json(folder / KEY_FILE, key)
         work = folder / "work"
@@ -447,6 +477,7 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
                     "cost_model": cost_model, "strategy": strategy, "task_scheduler": task_scheduler,
                     "trials_per_iter": trials_per_iter, "builder": builder, "builder_timeout_s": builder_timeout_s,
                     "runner_timeout_s": runner_timeout_s, "measure_s": measure_s, "crash_tasks": list(crash_tasks),
+                    "focus": focus, "builders": builders,
                     "threads": _cores(threads)}
         runner = _RoundRunner(folder, job_base, meta, curve, nice, round_timeout_s, log)
         notes: list[str] = []
@@ -511,10 +542,13 @@ class _RoundRunner:
                 proc.wait(timeout=timeout)
                 reason = None if proc.returncode == 0 else _exit_reason(proc.returncode, log_file)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                _killpg(proc)
                 reason = f"timed out after {timeout:g} s (killed)"
+            except BaseException:  # interrupted (Ctrl-C, SIGTERM): stop the worker, keep what it did
+                _killpg(proc)
+                self._account({}, time.perf_counter() - start)
+                self._save()
+                raise
         wall = time.perf_counter() - start
         try:
             out = json.loads(out_file.read_text())
@@ -551,7 +585,8 @@ class _RoundRunner:
         if out.get("latency_ms") is None:
             return
         point = {"round": round_no, "trials": record_count(self.folder), "tuning_s": round(self.meta["tuning_s"], 3),
-                 "latency_ms": out["latency_ms"], "coverage": out.get("coverage"),
+                 "latency_ms": out["latency_ms"], "latency_min_ms": out.get("latency_min_ms"),
+                 "coverage": out.get("coverage"),
                  "rel_l2_vs_ort": out.get("rel_l2_vs_ort"), "at": _now()}
         self.curve.append(point)
         self.last_coverage = out.get("coverage")
@@ -564,6 +599,7 @@ class _RoundRunner:
         """Round 0: untuned latency and ONNX Runtime's, measured by the first worker."""
         self.meta.update(untuned_ms=out["untuned_ms"], ort_ms=out.get("ort_ms"))
         self.curve.insert(0, {"round": 0, "trials": 0, "tuning_s": 0.0, "latency_ms": out["untuned_ms"],
+                              "latency_min_ms": out.get("untuned_min_ms"), "ort_ms": out.get("ort_ms"),
                               "untuned": True, "at": _now()})
         self.log(f"  untuned {out['untuned_ms']:.4g} ms"
                  + (f", ONNX Runtime {out['ort_ms']:.4g} ms" if out.get("ort_ms") else "")
@@ -611,6 +647,18 @@ class _RoundRunner:
                 break
             if blamed and blamed in active:
                 self._fail_task(blamed, reason, round_no)
+                if _systemic(self.meta["failed_tasks"], tasks, reason):
+                    # Every task died the same way: the tuner is broken (a cost model, a
+                    # missing package), not the tasks. Forget the blame so a rerun retries them.
+                    for t in tasks:
+                        self.meta["failed_tasks"].pop(t, None)
+                    self.meta["rounds"].append({"round": round_no, "started": started, "ended": _now(),
+                                                "trials": record_count(self.folder) - before,
+                                                "tuning_s": round(spent_total, 3), "attempts": attempt,
+                                                "events": events, "error": reason})
+                    self._save()
+                    raise TuningError(f"every task failed the same way, so the tuner is at fault: {reason} "
+                                      f"(logs: {self.folder / 'work'})")
                 continue
             # Nobody to blame from the log: each task alone, in its own worker.
             self.log(f"  worker failed ({reason}) and no task could be blamed; isolating each task")
@@ -635,6 +683,10 @@ class _RoundRunner:
         return added
 
 
+def _systemic(failed: dict[str, dict], tasks: list[str], reason: str) -> bool:
+    return len(tasks) > 1 and all(t in failed and failed[t]["reason"] == reason for t in tasks)
+
+
 def _blame(log_file: Path) -> str | None:
     """The task the MetaSchedule task scheduler was last working on, from the worker's log."""
     try:
@@ -655,6 +707,32 @@ def _exit_reason(code: int, log_file: Path) -> str:
     except OSError:
         lines = []
     return f"worker exit code {code}: {lines[-1][:300] if lines else 'no output'}"
+
+
+def _killpg(proc: subprocess.Popen) -> None:
+    """The worker runs in its own session (its builders and runner with it): kill them all."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM becomes an exception, so an interrupted tuning kills its worker and saves."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _nicer(n: int):
@@ -720,18 +798,35 @@ def onnx_inputs(onnx_path: Path, seed: int = 0) -> dict:
     return out
 
 
-def ship(folder: Path, dest_root: Path | None = None) -> Path:
-    """Copy a database's shareable files (key, records, meta, curve) into results/tuned/."""
+def ship(folder: Path, dest_root: Path | None = None, prune: bool = True) -> Path:
+    """Copy a database into results/tuned/<target-slug>/<model>-<key>/ as a shareable artifact
+    (TopHub-style): key.json, meta.json, curve.json and the records, by default pruned to the
+    best record per task (MetaSchedule's `dump_pruned`), which is all a build applies."""
     import shutil
 
     key = read_key(folder)
     if key is None:
         raise TuningError(f"{folder}: no key.json")
+    folder = Path(folder)
     dest = database_folder(dest_root or shipped_root(), key)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in SHIPPED_FILES:
-        if (Path(folder) / name).is_file():
-            shutil.copy2(Path(folder) / name, dest / name)
+    for name in RECORD_FILES:
+        (dest / name).unlink(missing_ok=True)
+    if prune:
+        from tvm.s_tir import meta_schedule as ms
+
+        source = ms.database.JSONDatabase(work_dir=str(folder), module_equality="structural")
+        source.dump_pruned(ms.database.JSONDatabase(work_dir=str(dest), module_equality="structural"))
+    else:
+        for name in RECORD_FILES:
+            shutil.copy2(folder / name, dest / name)
+    shutil.copy2(folder / KEY_FILE, dest / KEY_FILE)
+    if (folder / CURVE_FILE).is_file():
+        shutil.copy2(folder / CURVE_FILE, dest / CURVE_FILE)
+    meta = read_meta(folder)
+    meta["shipped"] = {"from": f"{folder.parent.name}/{folder.name}", "at": _now(), "pruned_to_best": prune,
+                       "records": record_count(dest)}
+    _write_json(dest / META_FILE, meta)
     return dest
 
 
@@ -797,7 +892,7 @@ def _worker(job: dict, out_path: Path) -> None:
     if job.get("baseline"):
         save("measure")
         t0 = time.perf_counter()
-        out["untuned_ms"], _ = _latency(mod, weights, target, None, inputs, job["measure_s"])
+        out["untuned_ms"], _, out["untuned_min_ms"] = _latency(mod, weights, target, None, inputs, job["measure_s"])
         out["ort_ms"], ort_out = _ort_latency(job["onnx"], inputs, job["measure_s"])
         if ort_out is not None:
             np.savez(folder / "work" / "ort_outputs.npz", *ort_out)
@@ -810,8 +905,7 @@ def _worker(job: dict, out_path: Path) -> None:
         save("tune")
         t0 = time.perf_counter()
         database = ms.database.JSONDatabase(work_dir=str(folder), module_equality="structural")
-        # Tasks with no measured record yet go first: the task scheduler warms tasks up in order.
-        chosen.sort(key=lambda t: database.query_tuning_record(t.dispatched[0], target, t.task_name) is not None)
+        chosen, out["selection"] = _select_tasks(chosen, target, database, float(job.get("focus", 0.9)))
         _tune_tasks(chosen, target, database, job, trials)
         out["tune_s"] = time.perf_counter() - t0
         save()
@@ -821,12 +915,42 @@ def _worker(job: dict, out_path: Path) -> None:
         t0 = time.perf_counter()
         out["coverage"] = coverage(fused, target, folder, tasks)
         if trials > 0 or not job.get("baseline"):
-            out["latency_ms"], outputs = _latency(mod, weights, target, folder, inputs, job["measure_s"])
+            out["latency_ms"], outputs, out["latency_min_ms"] = _latency(mod, weights, target, folder, inputs,
+                                                                         job["measure_s"])
             ref = ort_out if ort_out is not None else _load_ort_outputs(folder)
             if ref is not None:
                 out["rel_l2_vs_ort"] = max(_rel_l2(a, b) for a, b in zip(outputs, ref))
         out["measure_s"] += time.perf_counter() - t0
     save("done")
+
+
+def _select_tasks(tasks: list, target: Any, database: Any, focus: float) -> tuple[list, dict]:
+    """Which tasks a round tunes. MetaSchedule's task scheduler first warms up every task it is
+    given, in order, so a round of R trials over many tasks would spread R evenly over trivial
+    reshapes and heavy convolutions alike. So: every task without a measured record (first),
+    then the tasks with a record that make up `focus` of the model's estimated time (best
+    record x weight), heaviest first; the rest keep the record they have."""
+    untuned, timed = [], []
+    for task in tasks:
+        record = database.query_tuning_record(task.dispatched[0], target, task.task_name)
+        if record is None or not record.run_secs:
+            untuned.append(task)
+        else:
+            secs = sum(float(x) for x in record.run_secs) / len(record.run_secs)
+            timed.append((secs * float(task.weight), task))
+    timed.sort(key=lambda st: -st[0])
+    total = sum(st[0] for st in timed)
+    picked, acc = [], 0.0
+    for secs, task in timed:
+        if acc < focus * total or not picked:
+            picked.append(task)
+            acc += secs
+    chosen = untuned + picked
+    info = {"untuned": [t.task_name for t in untuned],
+            "focus": [t.task_name for t in picked],
+            "left_alone": [t.task_name for _, t in timed if t not in picked],
+            "estimated_ms": total * 1000.0}
+    return chosen, info
 
 
 def _tune_tasks(chosen: list, target: Any, database: Any, job: dict, trials: int) -> None:
@@ -839,10 +963,14 @@ def _tune_tasks(chosen: list, target: Any, database: Any, job: dict, trials: int
     contexts, weights = [], []
     for i, (task, logger) in enumerate(zip(chosen, loggers)):
         space: Any = "post-order-apply"
+        strategy: Any = job["strategy"]
+        if strategy == "evolutionary-lite":  # a cheaper search, when the cost model is random anyway
+            strategy = ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=16,
+                                                             genetic_num_iters=2)
         if task.task_name in job.get("crash_tasks", []):
             space = ms.space_generator.ScheduleFn(sch_fn=_abort)  # fault injection (tests)
         contexts.append(ms.TuneContext(mod=task.dispatched[0], target=target, space_generator=space,
-                                       search_strategy=job["strategy"], task_name=task.task_name, logger=logger,
+                                       search_strategy=strategy, task_name=task.task_name, logger=logger,
                                        rand_state=int(job["seed"]) * 1000 + i + 1, num_threads=cores).clone())
         weights.append(float(task.weight))
     per_iter = max(1, min(int(job["trials_per_iter"]), math.ceil(trials / len(contexts))))
@@ -851,7 +979,8 @@ def _tune_tasks(chosen: list, target: Any, database: Any, job: dict, trials: int
                                           f_build=build_without_gpu_intrinsics)
         runner = ms.runner.LocalRunner(timeout_sec=float(job["runner_timeout_s"]))
     else:
-        builder, runner = _make_builder_runner(cores, float(job["builder_timeout_s"]), float(job["runner_timeout_s"]))
+        builder, runner = _make_builder_runner(int(job.get("builders") or cores), float(job["builder_timeout_s"]),
+                                               float(job["runner_timeout_s"]))
     cost_model = ms.cost_model.CostModel.create(job["cost_model"], num_tuning_cores=cores, tree_method="auto")
     try:
         ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work), max_trials_global=trials,
@@ -991,7 +1120,7 @@ class _ProcessPool:
         self.procs = [None] * self.size
 
 
-def _make_builder_runner(cores: int, builder_timeout_s: float, runner_timeout_s: float,
+def _make_builder_runner(builders: int, builder_timeout_s: float, runner_timeout_s: float,
                          evaluator: tuple[int, int, int, bool] = (3, 1, 100, False)) -> tuple[Any, Any]:
     """A MetaSchedule Builder and Runner backed by `_ProcessPool`s."""
     import tvm
@@ -1004,7 +1133,7 @@ def _make_builder_runner(cores: int, builder_timeout_s: float, runner_timeout_s:
     class PoolBuilder(PyBuilder):
         def __init__(self) -> None:
             super().__init__()
-            self.pool = _ProcessPool("build", cores, builder_timeout_s)
+            self.pool = _ProcessPool("build", builders, builder_timeout_s)
 
         def build(self, build_inputs):
             requests = [(tvm.ir.save_json(b.mod), str(b.target)) for b in build_inputs]
@@ -1088,8 +1217,9 @@ def _abort(_sch: Any) -> None:
 
 
 def _latency(mod: Any, weights: list, target: Any, database_dir: Path | None, inputs: dict,
-             min_s: float) -> tuple[float, list]:
-    """Median latency (ms) of the compiled module on the Relax VM, and its outputs."""
+             min_s: float) -> tuple[float, list, float]:
+    """Median latency (ms) of the compiled module on the Relax VM, its outputs, and the minimum
+    latency (ms; steadier than the median on a shared machine)."""
     import numpy as np
     import tvm
     from tvm import relax
@@ -1104,7 +1234,7 @@ def _latency(mod: Any, weights: list, target: Any, database_dir: Path | None, in
     main = vm["main"]
     outputs = _to_numpy(main(*args, *params))
     samples = _time(lambda: main(*args, *params), min_s)
-    return float(np.median(samples)) * 1000.0, outputs
+    return float(np.median(samples)) * 1000.0, outputs, float(np.min(samples)) * 1000.0
 
 
 def _ort_latency(onnx_path: str, inputs: dict, min_s: float) -> tuple[float | None, list | None]:

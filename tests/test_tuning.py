@@ -48,7 +48,7 @@ def reference(path: Path, x: np.ndarray) -> np.ndarray:
     return np.maximum(x @ w["W1"] + w["b1"], 0) @ w["W2"]
 
 
-FAST = dict(strategy="replay-trace", trials_per_iter=4, measure_s=0.05, log=lambda msg: None)
+FAST = dict(strategy="replay-trace", trials_per_iter=4, builders=1, measure_s=0.05, log=lambda msg: None)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_tuned_backend_compiles_with_the_database_and_matches_the_reference(tune
     np.testing.assert_allclose(compiled.run({"x": x})["y"], reference(model, x), rtol=1e-4, atol=1e-4)
     d = compiled.details
     assert d["tuning_db_path"] == str(second.folder)
-    assert d["trials"] == second.trials and d["tuning_s"] == pytest.approx(second.tuning_s)
+    assert d["trials"] == d["records"] == second.trials and d["tuning_s"] == pytest.approx(second.tuning_s)
     assert d["tasks_found"] == d["tasks_with_record"] == d["tasks_applied"] == 2
     assert compiled.tuning_db and "metaschedule" in compiled.pipeline
 
@@ -141,14 +141,20 @@ def test_lookup_is_exact_on_target_and_model(tuned, tmp_path):
     assert tuning.find_database(sha, target, [tmp_path / "root"]) is None
 
 
-def test_ship_copies_only_the_shareable_files(tuned, tmp_path):
+def test_shipped_database_is_pruned_to_the_best_record_per_task_and_still_applies(tuned, tmp_path):
     from chipbench import tuning
 
-    _, _, _, _, second = tuned
+    model, _, _, _, second = tuned
     dest = tuning.ship(second.folder, tmp_path / "tuned")
     assert sorted(p.name for p in dest.iterdir()) == sorted(tuning.SHIPPED_FILES)
     assert dest.parent.name == second.folder.parent.name and dest.name == second.folder.name
+    assert tuning.record_count(dest) == 2 < second.trials
     assert tuning.find_database(second.key["model"]["onnx_sha256"], second.key["target"], [tmp_path / "tuned"]) == dest
+    compiled = get_backend("tvm-llvm-tuned").compile(ModelSource("two", model, ("x",), ("y",)),
+                                                     CompileSpec(tuning_db=tmp_path / "tuned"))
+    d = compiled.details
+    assert d["tuning_db_path"] == str(dest) and d["records"] == 2 and d["trials"] == second.trials
+    assert d["tasks_found"] == d["tasks_applied"] == 2
 
 
 def test_break_even_and_target_slug():
