@@ -1,8 +1,9 @@
 """Apache TVM (Relax) for the host CPU with a MetaSchedule tuning database (`chipbench tune`).
 
 Same import, pipeline and VM as `tvm-llvm`; the difference is the database `build()` applies.
-The database is found by the model's ONNX sha256 and the canonical target string, compared
-exactly against each candidate's key.json (see chipbench.tuning), in this order:
+The database is found by its key, {graph sha256 of the ONNX model without its weight values,
+canonical target string}, compared exactly with each candidate's key.json (see
+chipbench.tuning), in this order:
 
 1. `spec.tuning_db` (`--tuning-db`): a database folder (its key must match exactly, or the
    cell is unsupported) or a root to search;
@@ -31,19 +32,18 @@ class TvmLlvmTuned(TvmLlvm):
     precisions = ("fp32",)
 
     def locate(self, source: ModelSource, spec: CompileSpec) -> tuple[Path, str, str]:
-        """(database folder, onnx sha256, canonical target) for this model and spec."""
+        """(database folder, graph sha256, canonical target) for this model and spec."""
         from chipbench import tuning
-        from chipbench.prepare import sha256_file
 
         target = tuning.canonical_target(spec.target, spec.threads)
-        sha = sha256_file(source.onnx_path)
+        sha = tuning.graph_sha256(source.onnx_path)
         explicit = Path(spec.tuning_db) if spec.tuning_db else None
         if explicit is not None and (explicit / tuning.KEY_FILE).is_file():
             key = tuning.read_key(explicit)
             if not tuning.key_matches(key, sha, target):
-                made_for = (key or {}).get("model", {}).get("name", "?"), (key or {}).get("target", "?")
+                made_for = tuning.read_meta(explicit).get("model", {}).get("name", "?"), (key or {}).get("target", "?")
                 raise Unsupported(f"tuning database {explicit} was made for {made_for[0]} on {made_for[1]}, "
-                                  f"not {source.name} (onnx sha256 {sha[:12]}) on {target}")
+                                  f"not {source.name} (graph sha256 {sha[:12]}) on {target}")
             return explicit, sha, target
         extra = [explicit] if explicit is not None else []
         extra += [Path(p) for p in spec.options.get("tuning_dirs", ())]
@@ -51,7 +51,7 @@ class TvmLlvmTuned(TvmLlvm):
         folder = tuning.find_database(sha, target, roots)
         if folder is None:
             raise Unsupported(
-                f"no tuning database for {source.name} (onnx sha256 {sha[:12]}) on target {target}; "
+                f"no tuning database for {source.name} (graph sha256 {sha[:12]}) on target {target}; "
                 f"run `chipbench tune -w {source.name} --trials N` (searched: {', '.join(map(str, roots))})")
         return folder, sha, target
 

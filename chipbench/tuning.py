@@ -3,22 +3,32 @@
 A tuning database is a folder
 
     <root>/<target-slug>/<model-label>-<key-hash>/
-        key.json                        the full key: model (ONNX sha256 + workload key, batch,
-                                        exporter, or kernel case) and the canonical TVM target
+        key.json                        the full key, compared exactly: {"format", "graph_sha256",
+                                        "target"} (see below)
         database_workload.json          MetaSchedule JSONDatabase (what `backends.tvm.build`
         database_tuning_record.json     applies with MetaScheduleApplyDatabase)
-        meta.json                       trials, tuning seconds, rounds, tasks, failed tasks
+        meta.json                       the model (workload key, params, batch, ONNX sha256s,
+                                        or kernel case), trials, tuning seconds, rounds, tasks,
+                                        failed tasks, break-even
         curve.json                      [(trials, tuning seconds, latency ms), ...] per round
         work/                           worker logs, MetaSchedule logs, inputs (never shipped)
 
 `<root>` is `RESULTS_DIR/tuning` for `chipbench tune`, and `results/tuned` in the repository
 for shipped, pre-tuned databases (like TVM's old TopHub: records per target). The folder
-name only spreads folders out; a lookup always reads key.json and compares exactly.
+name only spreads folders out; a lookup always reads key.json and compares it exactly.
 
-Lookup (`find_database`), as the `tvm-llvm-tuned` backend does it: the model is identified by
-the sha256 of its ONNX file (what every backend compiles, and what the run record carries as
-provenance) and the target by its canonical TVM JSON string. A folder matches when its
-key.json has exactly that `model.onnx_sha256` and exactly that `target`.
+The key. Schedules depend on the computation graph and its shapes, never on weight values, so
+the model is identified by `graph_sha256`: the sha256 of the ONNX model with the values of its
+large floating-point initializers (the weights) left out, and everything else kept (nodes,
+attributes, shapes, dtypes, small or integer initializers such as Reshape targets). A
+workload's params and batch are in the graph's shapes; retraining its weights (or a new seed)
+keeps its database. The target is the canonical TVM target JSON string (CPU model and core
+count included). The exact ONNX sha256s a database was tuned with are kept in meta.json.
+Records could not misapply anyway: MetaSchedule matches each task by structural equality of
+its TIR, and the tuned backend reports how many tasks found and applied a record.
+
+Lookup (`find_database`), as the `tvm-llvm-tuned` backend does it: compute the key from the
+ONNX file and the target, and take the folder whose key.json equals it.
 
 Tuning runs in rounds, each in a worker subprocess (`python -m chipbench.tuning worker ...`):
 the worker extracts tasks from the fused module (the same passes `build()` uses, so database
@@ -49,7 +59,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-KEY_FORMAT = 1
+KEY_FORMAT = 2
 KEY_FILE = "key.json"
 META_FILE = "meta.json"
 CURVE_FILE = "curve.json"
@@ -108,16 +118,45 @@ def _key_text(key: dict) -> str:
     return json.dumps(key, sort_keys=True, default=str)
 
 
-def database_key(model: dict, target: str) -> dict:
-    """The full key of a database. `model` must carry `onnx_sha256` and `name`."""
-    if "onnx_sha256" not in model or "name" not in model:
-        raise ValueError("a tuning key's model needs 'name' and 'onnx_sha256'")
-    return {"format": KEY_FORMAT, "model": model, "target": target}
+_FLOAT_TYPES = (1, 10, 11, 16)  # onnx TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_KEEP_VALUES_UP_TO = 16  # elements: scalars and tiny tensors (clip bounds, scales) stay in the hash
 
 
-def database_folder(root: Path, key: dict) -> Path:
+def graph_sha256(onnx_path: Path) -> str:
+    """sha256 of the ONNX model without its weights' values (see the module docstring)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+
+    def strip(graph) -> None:
+        for t in graph.initializer:
+            if t.data_type in _FLOAT_TYPES and math.prod(t.dims) > _KEEP_VALUES_UP_TO:
+                for f in ("raw_data", "float_data", "double_data", "int32_data", "external_data"):
+                    t.ClearField(f)
+                t.ClearField("data_location")
+        graph.ClearField("doc_string")
+        for node in graph.node:
+            node.ClearField("doc_string")
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    strip(attr.g)
+                for g in attr.graphs:
+                    strip(g)
+
+    strip(model.graph)
+    for f in ("doc_string", "producer_name", "producer_version", "model_version"):
+        model.ClearField(f)
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def database_key(graph_sha: str, target: str) -> dict:
+    """The full key of a database: what key.json holds and what a lookup compares, exactly."""
+    return {"format": KEY_FORMAT, "graph_sha256": graph_sha, "target": target}
+
+
+def database_folder(root: Path, key: dict, name: str) -> Path:
     digest = hashlib.sha256(_key_text(key).encode()).hexdigest()[:12]
-    return Path(root) / target_slug(key["target"]) / f"{_safe(key['model']['name'])}-{digest}"
+    return Path(root) / target_slug(key["target"]) / f"{_safe(name)}-{digest}"
 
 
 def read_key(folder: Path) -> dict | None:
@@ -127,11 +166,9 @@ def read_key(folder: Path) -> dict | None:
         return None
 
 
-def key_matches(key: dict | None, onnx_sha256: str, target: str) -> bool:
-    """Exact comparison: the model's ONNX content hash and the canonical target string."""
-    return (isinstance(key, dict) and key.get("format") == KEY_FORMAT
-            and isinstance(key.get("model"), dict)
-            and key["model"].get("onnx_sha256") == onnx_sha256 and key.get("target") == target)
+def key_matches(key: dict | None, graph_sha: str, target: str) -> bool:
+    """Exact comparison of the whole key (format, graph hash, canonical target string)."""
+    return key == database_key(graph_sha, target)
 
 
 def search_roots(extra: Iterable[Path | str] = ()) -> list[Path]:
@@ -165,11 +202,11 @@ def candidate_folders(roots: Sequence[Path], target: str) -> list[Path]:
     return out
 
 
-def find_database(onnx_sha256: str, target: str, roots: Sequence[Path] | None = None) -> Path | None:
-    """The database folder whose key.json names exactly this model and target; the first root
-    that has one wins, and within a root the one with the most trials."""
+def find_database(graph_sha: str, target: str, roots: Sequence[Path] | None = None) -> Path | None:
+    """The database folder whose key.json is exactly this model's and target's key; the first
+    root that has one wins, and within a root the one with the most records."""
     for root in roots if roots is not None else search_roots():
-        matches = [f for f in candidate_folders([root], target) if key_matches(read_key(f), onnx_sha256, target)]
+        matches = [f for f in candidate_folders([root], target) if key_matches(read_key(f), graph_sha, target)]
         if matches:
             return max(matches, key=record_count)
     return None
@@ -294,7 +331,8 @@ def coverage(fused: Any, target: Any, database_dir: Path, tasks: list[Any] | Non
 @dataclass
 class TuneResult:
     folder: Path
-    key: dict
+    key: dict  # key.json: {"format", "graph_sha256", "target"}
+    model: dict  # what was tuned: workload key and batch, or kernel case, and the ONNX sha256
     trials: int  # measured candidates in the database (all sessions)
     tuning_s: float  # tuning wall time (all sessions), excluding latency measurements
     rounds_run: int  # rounds run by this call
@@ -424,7 +462,8 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
     `trials` measured candidates, in `rounds` rounds. Resumable: records, trials and seconds
     persist; calling again with a larger `trials` goes on from there.
 
-    model: the key's model part (default {"kind": "onnx", "name": stem, "onnx_sha256"}).
+    model: what the model is, kept in meta.json (default {"kind": "onnx", "name": stem});
+    its "name" labels the folder. The key itself is (graph_sha256, target).
     inputs: arrays for latency measurement (default: seeded from the ONNX input shapes).
     cost_model: "random" (no dependency, the default), "xgb" (needs xgboost), "mlp" (torch;
     in TVM 0.27 its first full training fails on small data sets: "need at least one array").
@@ -446,15 +485,13 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
     if trials < 0 or rounds < 1:
         raise TuningError("trials must be >= 0 and rounds >= 1")
     sha = _sha256_file(onnx_path)
-    model = dict(model or {"kind": "onnx", "name": name or onnx_path.stem, "onnx_sha256": sha})
-    if model.get("onnx_sha256") != sha:
-        raise TuningError(f"{onnx_path}: its sha256 is not the key's onnx_sha256")
+    model = {"kind": "onnx", "name": name or onnx_path.stem, **(model or {}), "onnx_sha256": sha}
     target_str = canonical_target(target, threads)
-    key = database_key(model, target_str)
-    folder = database_folder(Path(root) if root else Path(results_dir) / TUNING_SUBDIR, key)
+    key = database_key(graph_sha256(onnx_path), target_str)
+    folder = database_folder(Path(root) if root else Path(results_dir) / TUNING_SUBDIR, key, model["name"])
     folder.mkdir(parents=True, exist_ok=True)
     existing = read_key(folder)
-    if existing is not None and existing != json.loads(_key_text(key)):
+    if existing is not None and existing != key:
         raise TuningError(f"{folder}: key.json holds a different key (hash collision?); not touching it")
 
     with _locked(folder), _sigterm_raises():
@@ -466,6 +503,10 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
         _save_inputs(inputs_file, onnx_path, inputs, seed)
         meta = read_meta(folder) or {"key": key, "tuning_s": 0.0, "wall_s": 0.0, "rounds": [],
                                      "failed_tasks": {}, "created": _now()}
+        seen = meta.setdefault("onnx_sha256_seen", [])  # the exact files tuned with (weights may differ)
+        if sha not in seen:
+            seen.append(sha)
+        meta["model"] = model
         meta["settings"] = {"cost_model": cost_model, "strategy": strategy, "task_scheduler": task_scheduler,
                             "trials_per_iter": trials_per_iter, "builder": builder, "seed": seed}
         if retry_failed and meta["failed_tasks"]:
@@ -508,7 +549,7 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
         _write_json(folder / META_FILE, meta)
     if tuned is not None and untuned is not None and tuned >= untuned:
         notes.append(f"tuned ({tuned:.4g} ms) is not faster than untuned ({untuned:.4g} ms)")
-    return TuneResult(folder=folder, key=key, trials=meta["trials"], tuning_s=meta["tuning_s"],
+    return TuneResult(folder=folder, key=key, model=model, trials=meta["trials"], tuning_s=meta["tuning_s"],
                       rounds_run=rounds_run, tasks=meta.get("tasks", []), failed_tasks=meta["failed_tasks"],
                       coverage=runner.last_coverage or latest.get("coverage", {}), curve=curve,
                       untuned_ms=untuned, tuned_ms=tuned, ort_ms=meta.get("ort_ms"),
@@ -808,7 +849,8 @@ def ship(folder: Path, dest_root: Path | None = None, prune: bool = True) -> Pat
     if key is None:
         raise TuningError(f"{folder}: no key.json")
     folder = Path(folder)
-    dest = database_folder(dest_root or shipped_root(), key)
+    name = read_meta(folder).get("model", {}).get("name") or folder.name.rsplit("-", 1)[0]
+    dest = database_folder(dest_root or shipped_root(), key, name)
     dest.mkdir(parents=True, exist_ok=True)
     for name in RECORD_FILES:
         (dest / name).unlink(missing_ok=True)
@@ -894,8 +936,6 @@ def _worker(job: dict, out_path: Path) -> None:
         t0 = time.perf_counter()
         out["untuned_ms"], _, out["untuned_min_ms"] = _latency(mod, weights, target, None, inputs, job["measure_s"])
         out["ort_ms"], ort_out = _ort_latency(job["onnx"], inputs, job["measure_s"])
-        if ort_out is not None:
-            np.savez(folder / "work" / "ort_outputs.npz", *ort_out)
         out["measure_s"] += time.perf_counter() - t0
 
     trials = int(job.get("trials", 0))
@@ -917,7 +957,7 @@ def _worker(job: dict, out_path: Path) -> None:
         if trials > 0 or not job.get("baseline"):
             out["latency_ms"], outputs, out["latency_min_ms"] = _latency(mod, weights, target, folder, inputs,
                                                                          job["measure_s"])
-            ref = ort_out if ort_out is not None else _load_ort_outputs(folder)
+            ref = ort_out if ort_out is not None else _ort_outputs(job["onnx"], inputs)
             if ref is not None:
                 out["rel_l2_vs_ort"] = max(_rel_l2(a, b) for a, b in zip(outputs, ref))
         out["measure_s"] += time.perf_counter() - t0
@@ -1253,14 +1293,14 @@ def _ort_latency(onnx_path: str, inputs: dict, min_s: float) -> tuple[float | No
         return None, None
 
 
-def _load_ort_outputs(folder: Path) -> list | None:
-    import numpy as np
+def _ort_outputs(onnx_path: str, inputs: dict) -> list | None:
+    try:
+        import onnxruntime as ort
 
-    path = folder / "work" / "ort_outputs.npz"
-    if not path.is_file():
+        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        return session.run(None, {i.name: inputs[i.name] for i in session.get_inputs()})
+    except Exception:
         return None
-    with np.load(path) as data:
-        return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
 def _rel_l2(a: Any, b: Any) -> float:

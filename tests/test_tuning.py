@@ -22,14 +22,14 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("tvm") is None, reason=
 OTHER_TARGET = '{"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}'
 
 
-def two_layer(path: Path) -> Path:
+def two_layer(path: Path, seed: int = 0, hidden: int = 64) -> Path:
     """y = relu(x @ W1 + b1) @ W2: two MetaSchedule tasks after fusion."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
-             for n, s in (("W1", (32, 64)), ("b1", (64,)), ("W2", (64, 16)))]
+             for n, s in (("W1", (32, hidden)), ("b1", (hidden,)), ("W2", (hidden, 16)))]
     nodes = [helper.make_node("MatMul", ["x", "W1"], ["a"]), helper.make_node("Add", ["a", "b1"], ["z"]),
              helper.make_node("Relu", ["z"], ["r"]), helper.make_node("MatMul", ["r", "W2"], ["y"])]
     graph = helper.make_graph(nodes, "two_layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
@@ -91,11 +91,11 @@ def test_resumed_tuning_gives_every_task_a_record(tuned):
     meta = json.loads((second.folder / "meta.json").read_text())
     assert meta["trials"] == second.trials and meta["tuning_s"] == pytest.approx(second.tuning_s)
     assert second.break_even is not None and second.break_even["tuned_ms"] == curve[-1]["latency_ms"]
-    # the folder is keyed by target and model, with the full key beside the records
+    # a folder per (graph, target) under RESULTS_DIR/tuning/<target-slug>/, the full key beside the records
     key = json.loads((second.folder / "key.json").read_text())
-    assert key["target"] in second.folder.parent.name or second.folder.parent.name.startswith("llvm-")
-    assert second.folder.is_relative_to(results / "tuning")
-    assert key["model"]["onnx_sha256"] == second.key["model"]["onnx_sha256"]
+    assert key == second.key and set(key) == {"format", "graph_sha256", "target"}
+    assert second.folder.parent.parent == results / "tuning" and second.folder.parent.name.startswith("llvm-")
+    assert meta["model"]["onnx_sha256"] == second.model["onnx_sha256"] and meta["onnx_sha256_seen"]
 
 
 def test_tuned_backend_compiles_with_the_database_and_matches_the_reference(tuned):
@@ -124,15 +124,21 @@ def test_lookup_is_exact_on_target_and_model(tuned, tmp_path):
         backend.compile(source, CompileSpec(tuning_db=results / "tuning", target=OTHER_TARGET))
     with pytest.raises(Unsupported, match="was made for"):
         backend.compile(source, CompileSpec(tuning_db=second.folder, target=OTHER_TARGET))
-    # another model (one weight changed) finds nothing
-    other = tmp_path / "other.onnx"
-    data = bytearray(model.read_bytes())
-    data[-40] ^= 1
-    other.write_bytes(bytes(data))
+    # another graph (another hidden size) finds nothing; the same graph with other weights
+    # (retrained) keeps its database: schedules do not depend on weight values
+    other = two_layer(tmp_path / "other.onnx", hidden=48)
     with pytest.raises(Unsupported, match="no tuning database"):
         backend.compile(ModelSource("other", other, ("x",), ("y",)), CompileSpec(tuning_db=results / "tuning"))
+    retrained = two_layer(tmp_path / "retrained.onnx", seed=1)
+    assert tuning.graph_sha256(retrained) == second.key["graph_sha256"]
+    assert retrained.read_bytes() != model.read_bytes()
+    compiled = backend.compile(ModelSource("retrained", retrained, ("x",), ("y",)),
+                               CompileSpec(tuning_db=results / "tuning"))
+    assert compiled.details["tuning_db_path"] == str(second.folder) and compiled.details["tasks_applied"] == 2
+    x = tuning.onnx_inputs(retrained)["x"]
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], reference(retrained, x), rtol=1e-4, atol=1e-4)
     # the key is compared, not the folder name: a copy whose key.json names another target is skipped
-    sha, target = second.key["model"]["onnx_sha256"], second.key["target"]
+    sha, target = second.key["graph_sha256"], second.key["target"]
     copy = tmp_path / "root" / second.folder.parent.name / second.folder.name
     shutil.copytree(second.folder, copy, ignore=shutil.ignore_patterns("work", ".lock"))
     assert tuning.find_database(sha, target, [tmp_path / "root"]) == copy
@@ -149,7 +155,7 @@ def test_shipped_database_is_pruned_to_the_best_record_per_task_and_still_applie
     assert sorted(p.name for p in dest.iterdir()) == sorted(tuning.SHIPPED_FILES)
     assert dest.parent.name == second.folder.parent.name and dest.name == second.folder.name
     assert tuning.record_count(dest) == 2 < second.trials
-    assert tuning.find_database(second.key["model"]["onnx_sha256"], second.key["target"], [tmp_path / "tuned"]) == dest
+    assert tuning.find_database(second.key["graph_sha256"], second.key["target"], [tmp_path / "tuned"]) == dest
     compiled = get_backend("tvm-llvm-tuned").compile(ModelSource("two", model, ("x",), ("y",)),
                                                      CompileSpec(tuning_db=tmp_path / "tuned"))
     d = compiled.details
