@@ -169,7 +169,7 @@ def test_process_states_learnable():
 
     x, y = process.states(rng(1), 600, 64, 16, 0)
     xt, yt = process.states(rng(2), 300, 64, 16, 0)
-    assert _ridge_accuracy(feat(x), y, feat(xt), yt, 5) > 0.35  # chance 0.2
+    assert _ridge_accuracy(feat(x), y, feat(xt), yt, 5) > 0.6  # chance 0.2
 
 
 def test_degradation_learnable():
@@ -245,6 +245,8 @@ SMALL_DATA = {
 def test_every_task_workload_has_data_and_metric():
     for name in workload_names():
         w = get_workload(name)
+        if not type(w).__module__.startswith("chipbench.workloads."):
+            continue  # registered by a test double or plugin
         if w.task_metric is not None:
             assert name in SMALL_DATA, f"{name}: add a small data variant to this test"
 

@@ -36,7 +36,7 @@ class SensorTransformer(Workload):
     output_names = ("logits",)
     task_metric = "accuracy"
     higher_is_better = True
-    split_sizes = {"train": 2048, "calibration": 256, "test": 1024}
+    split_sizes = {"train": 1536, "calibration": 256, "test": 1024}
 
     steps: int = 128
     channels: int = 64
@@ -59,19 +59,9 @@ class SensorTransformer(Workload):
             return self._model()
         import torch.nn.functional as F
 
-        from .training import cached_weights, deterministic, fit, predict
+        from .training import train_cached
 
-        def train(m):
-            x, y = self.dataset("train")
-            with deterministic(self.seed):
-                info = fit(m, [x["sensors"]], y, F.cross_entropy, epochs=self.epochs,
-                           batch_size=64, lr=2e-3, seed=self.seed)
-            xt, yt = self.dataset("test")
-            info["test_" + self.task_metric] = self.metric(
-                {"logits": predict(m, [xt["sensors"]])[0]}, yt)
-            return info
-
-        return cached_weights(self, "adamw-onecycle-v1", self._model(), train)
+        return train_cached(self, self._model(), F.cross_entropy, epochs=self.epochs, lr=2e-3)
 
     def make_inputs(self, batch: int, seed: int) -> dict[str, np.ndarray]:
         from .data import process

@@ -27,14 +27,12 @@ from chipbench.paths import atomic_write_bytes, atomic_write_text, cache_dir
 
 @contextlib.contextmanager
 def deterministic(seed: int) -> Iterator[None]:
-    """Fixed seeds and deterministic kernels for the duration (restored afterwards)."""
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    """Fixed seeds for the duration. The CPU kernels used here (conv, matmul, RNN) are
+    deterministic for a given thread count, so `torch.use_deterministic_algorithms` is not
+    switched on: on CPU it mainly swaps in slower paths (a GRU trains ~5x slower). The thread
+    count is stored with the trained weights."""
     torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was)
+    yield
 
 
 def cached_weights(workload: Any, recipe: str, model: nn.Module,
@@ -64,11 +62,14 @@ def cached_weights(workload: Any, recipe: str, model: nn.Module,
         with open(folder / f"{stem}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not load():  # another process may have finished while we waited
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 print(f"chipbench: preparing {workload.name} weights ({recipe}), once; cache {folder}",
                       file=sys.stderr)
                 info = fit(model)
                 info["train_s"] = round(time.perf_counter() - t0, 2)
+                info["train_cpu_s"] = round(time.process_time() - c0, 2)
+                info["threads"] = torch.get_num_threads()
+                print(f"chipbench: {workload.name} ready: {info}", file=sys.stderr)
                 buf = io.BytesIO()
                 torch.save(model.state_dict(), buf)
                 atomic_write_bytes(wpath, buf.getvalue())
@@ -78,16 +79,55 @@ def cached_weights(workload: Any, recipe: str, model: nn.Module,
     return model.eval()
 
 
-def train_info(workload: Any, recipe: str) -> dict[str, Any] | None:
-    """The info dict stored with cached weights (training time, test metric), if any."""
-    key = {"workload": workload.key(), "recipe": recipe, "torch": torch.__version__.split("+")[0]}
-    text = json.dumps(key, sort_keys=True, default=list)
-    stem = hashlib.sha256(text.encode()).hexdigest()[:24]
-    kpath = cache_dir("weights", workload.name) / f"{stem}.key.json"
-    try:
-        return json.loads(kpath.read_text())["info"]
-    except (OSError, ValueError, KeyError):
-        return None
+def train_cached(workload: Any, model: nn.Module, loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+                 *, epochs: int, lr: float, batch_size: int = 64, weight_decay: float = 1e-4,
+                 train_data: Callable[[], tuple[list[np.ndarray], np.ndarray]] | None = None,
+                 recipe_version: str = "1") -> nn.Module:
+    """Train `model` on the workload's train split (or `train_data()`) at first use, with the
+    whole recipe (optimizer, epochs, lr, batch, train size) in the cache key, then evaluate
+    the task metric on the test split and store it with the weights."""
+    recipe = {"optimizer": "adamw-onecycle", "version": recipe_version, "epochs": epochs,
+              "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
+              "n_train": workload.split_sizes["train"]}
+    text = json.dumps(recipe, sort_keys=True)
+
+    def run(m: nn.Module) -> dict[str, Any]:
+        if train_data is None:
+            x, y = workload.dataset("train")
+            xs = [x[n] for n in workload.input_names]
+        else:
+            xs, y = train_data()
+        with deterministic(workload.seed):
+            info = fit(m, xs, y, loss_fn, epochs=epochs, batch_size=batch_size, lr=lr,
+                       seed=workload.seed, weight_decay=weight_decay)
+        info["test_" + workload.task_metric] = round(evaluate(workload, m), 6)
+        return info
+
+    return cached_weights(workload, text, model, run)
+
+
+def evaluate(workload: Any, model: nn.Module, split: str = "test", n: int | None = None,
+             batch_size: int = 64) -> float:
+    """The workload's task metric of `model` (torch, FP32) on a dataset split."""
+    x, y = workload.dataset(split, n)
+    outs = predict(model, [x[k] for k in workload.input_names], batch_size)
+    return workload.metric(dict(zip(workload.output_names, outs)), y)
+
+
+def train_info(workload: Any) -> dict[str, Any] | None:
+    """The info stored with this workload's cached trained weights (training time, test
+    metric), or None when it has not been trained here yet."""
+    want = json.dumps(workload.key(), sort_keys=True, default=list)
+    found = []
+    for kpath in cache_dir("weights", workload.name).glob("*.key.json"):
+        try:
+            d = json.loads(kpath.read_text())
+            if (json.dumps(d["key"]["workload"], sort_keys=True, default=list) == want
+                    and d["key"]["torch"] == torch.__version__.split("+")[0]):
+                found.append((kpath.stat().st_mtime, {"recipe": d["key"]["recipe"], **d["info"]}))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return max(found, key=lambda t: t[0])[1] if found else None
 
 
 def fit(model: nn.Module, inputs: list[np.ndarray], target: np.ndarray,
@@ -150,7 +190,18 @@ def calibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> None:
         m.momentum = None
     model.train()
     for b in batches:
-        model(b)
+        model(b) if isinstance(b, torch.Tensor) else model(*b)
     for m in bns:
         m.momentum = 0.1
     model.eval()
+
+
+def seeded_calibrated(workload: Any, model: nn.Module, n: int = 16) -> nn.Module:
+    """An untrained network with BatchNorm statistics from `n` of the workload's own inputs
+    (without it, default BN statistics let activations of deep seeded nets vanish or blow
+    up, and fidelity checks on them would be vacuous)."""
+    x = workload.make_inputs(n, 10_000 + workload.seed)
+    with torch.no_grad():
+        calibrate_batchnorm(model, [tuple(torch.from_numpy(x[k]) for k in workload.input_names)])
+    model.requires_grad_(False)
+    return model.eval()

@@ -4,9 +4,11 @@ Physics-flavoured procedure: a plant's many sensors (temperatures, pressures, fl
 together because a few latent factors (feed rate, load, ambient, ...) drive them; each latent
 is a slow AR(1) process and each sensor is a fixed linear mix of them plus its own noise. The
 plant (mixing matrix, noise levels) is fixed by the seed and shared by every split.
-Process states for classification: steady operation, a set-point change (a latent ramps to a
-new level), control-loop oscillation (a latent hunts sinusoidally), valve stiction (stick-slip
-staircase in a latent) and fouling (a group of sensors drifts away from the others).
+Process states for classification (under closed-loop control the drivers wander only a little):
+steady operation, a set-point change (a latent ramps to a new level), control-loop oscillation
+(an over-tuned loop: a latent hunts sinusoidally), valve stiction (a sticky valve makes a
+stick-slip limit cycle: square-ish jumps with plateaus, the classic stiction signature) and
+fouling (a group of sensors, e.g. one exchanger's temperatures, drifts away from the others).
 Anomalies for detection: sensor drift (slow ramp off the correlation structure), spikes
 (short large transients) and stuck sensors (a reading freezes).
 """
@@ -17,7 +19,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 NAME = "process-sensors"
-VERSION = "1"
+VERSION = "2"
 STATES = ("steady", "setpoint_change", "oscillation", "stiction", "fouling")
 ANOMALIES = ("drift", "spike", "stuck")
 
@@ -31,9 +33,9 @@ def plant(seed: int, channels: int, factors: int) -> tuple[np.ndarray, np.ndarra
     return w / scale[:, None], noise / scale
 
 
-def _latents(rng: np.random.Generator, n: int, steps: int, factors: int) -> np.ndarray:
-    a = 0.95
-    e = rng.normal(0, np.sqrt(1 - a * a), (n, steps + 64, factors))
+def _latents(rng: np.random.Generator, n: int, steps: int, factors: int, a: float = 0.95,
+             std: float = 1.0) -> np.ndarray:
+    e = rng.normal(0, std * np.sqrt(1 - a * a), (n, steps + 64, factors))
     z = lfilter([1.0], [1.0, -a], e, axis=1)[:, 64:]  # burn-in to stationarity
     return z
 
@@ -43,31 +45,29 @@ def states(rng: np.random.Generator, n: int, steps: int, channels: int, seed: in
     """Windows [n, steps, channels] float32 and process-state labels int64 (index in STATES)."""
     w, noise = plant(seed, channels, factors)
     y = rng.integers(0, len(STATES), n)
-    z = _latents(rng, n, steps, factors)
+    z = _latents(rng, n, steps, factors, a=0.97, std=0.5)
     t = np.arange(steps, dtype=float)
     extra = np.zeros((n, steps, channels))
     for i in range(n):
         f = rng.integers(factors)
         s = STATES[y[i]]
+        sign = rng.choice([-1, 1])
         if s == "setpoint_change":
-            t0, width = rng.uniform(0.2, 0.8) * steps, rng.uniform(2, 0.15 * steps)
-            z[i, :, f] += rng.choice([-1, 1]) * rng.uniform(1.5, 3.0) / (
-                1 + np.exp(-(t - t0) / width))
+            t0, width = rng.uniform(0.2, 0.8) * steps, rng.uniform(1, 6)
+            z[i, :, f] += sign * rng.uniform(2.0, 4.0) / (1 + np.exp(-(t - t0) / width))
         elif s == "oscillation":
-            period = rng.uniform(6, 32)
-            z[i, :, f] += rng.uniform(0.8, 1.8) * np.sin(2 * np.pi * t / period + rng.uniform(0, 6.3))
-        elif s == "stiction":  # valve sticks, force builds, slips: staircase around the demand
-            demand = np.cumsum(rng.normal(0, 0.02, steps)) + rng.uniform(0.03, 0.08) * t * rng.choice([-1, 1])
-            band, pos, out = rng.uniform(0.4, 0.8), demand[0], np.empty(steps)
-            for k in range(steps):
-                if abs(demand[k] - pos) > band:
-                    pos = demand[k]
-                out[k] = pos
-            z[i, :, f] += out - out.mean()
+            period = rng.uniform(8, 32)
+            z[i, :, f] += rng.uniform(1.0, 2.0) * np.sin(2 * np.pi * t / period + rng.uniform(0, 6.3))
+        elif s == "stiction":
+            period, amp = rng.uniform(16, 48), rng.uniform(1.0, 2.0)
+            phase = (t / period + rng.uniform(0, 1)) % 1.0
+            # sticks on a plateau, then slips fast to the other side (smoothed square wave)
+            z[i, :, f] += sign * amp * np.tanh(8 * np.sin(2 * np.pi * phase))
         elif s == "fouling":
             group = rng.choice(channels, size=max(2, channels // 8), replace=False)
-            slope = rng.choice([-1, 1], size=group.size) * rng.uniform(1.0, 2.5, group.size)
-            extra[i][:, group] = (t / steps)[:, None] * slope
+            slope = sign * rng.uniform(1.5, 3.0, group.size)
+            t0 = rng.uniform(0, 0.5) * steps
+            extra[i][:, group] = (np.clip(t - t0, 0, None) / (steps - t0))[:, None] * slope
     x = z @ w.T + extra + rng.normal(size=(n, steps, channels)) * noise
     return x.astype(np.float32), y.astype(np.int64)
 

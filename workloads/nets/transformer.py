@@ -50,13 +50,14 @@ class EncoderLayer(nn.Module):
 
 
 class SensorTransformer(nn.Module):
-    """Per-step linear embedding of the sensor vector, learned positions, pre-norm encoder,
-    mean pooling over time, linear head."""
+    """Token per time step: a 3-tap Conv1d over the sensor vectors (Informer-style token
+    embedding: each token sees its neighbours), learned positions, pre-norm encoder, mean
+    pooling over time, linear head."""
 
     def __init__(self, steps: int, channels: int, d_model: int, layers: int, heads: int,
                  num_classes: int, ff_mult: int = 4) -> None:
         super().__init__()
-        self.embed = nn.Linear(channels, d_model)
+        self.embed = nn.Conv1d(channels, d_model, 3, padding=1)
         self.pos = nn.Parameter(torch.randn(1, steps, d_model) * 0.02)
         self.layers = nn.ModuleList(
             EncoderLayer(d_model, heads, ff_mult * d_model) for _ in range(layers)
@@ -65,7 +66,7 @@ class SensorTransformer(nn.Module):
         self.head = nn.Linear(d_model, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x) + self.pos
+        h = self.embed(x.transpose(1, 2)).transpose(1, 2) + self.pos
         for layer in self.layers:
             h = layer(h)
         return self.head(self.norm(h).mean(dim=1))
