@@ -510,7 +510,8 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
             seen.append(sha)
         meta["model"] = model
         meta["settings"] = {"cost_model": cost_model, "strategy": strategy, "task_scheduler": task_scheduler,
-                            "trials_per_iter": trials_per_iter, "builder": builder, "seed": seed}
+                            "trials_per_iter": trials_per_iter, "builder": builder, "seed": seed,
+                            "tvm_num_threads": _cores(threads)}
         if retry_failed and meta["failed_tasks"]:
             log(f"retrying {len(meta['failed_tasks'])} failed task(s): {', '.join(meta['failed_tasks'])}")
             meta.setdefault("retried_failed", []).append({"at": _now(), "tasks": meta["failed_tasks"]})
@@ -578,8 +579,12 @@ class _RoundRunner:
         timeout = self.round_timeout_s or 600.0 + 10.0 * max(job.get("trials", 0), 0)
         start = time.perf_counter()
         with open(log_file, "w") as lf:
+            # TVM's x86 runtime otherwise starts half as many threads as there are CPUs (one on
+            # a 2-vCPU VM), and candidates would be timed with fewer threads than the target's
+            # num-cores, which is what the tuned build will run with (see backends.tvm).
+            env = {**os.environ, "TVM_NUM_THREADS": str(job["threads"])}
             proc = subprocess.Popen([sys.executable, "-m", "chipbench.tuning", "worker", str(job_file), str(out_file)],
-                                    stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True, preexec_fn=_nicer(self.nice))
             try:
                 proc.wait(timeout=timeout)
@@ -629,6 +634,7 @@ class _RoundRunner:
             return
         point = {"round": round_no, "trials": record_count(self.folder), "tuning_s": round(self.meta["tuning_s"], 3),
                  "latency_ms": out["latency_ms"], "latency_min_ms": out.get("latency_min_ms"),
+                 "tvm_num_threads": out.get("tvm_num_threads"),
                  "coverage": out.get("coverage"),
                  "rel_l2_vs_ort": out.get("rel_l2_vs_ort"), "at": _now()}
         self.curve.append(point)
@@ -653,6 +659,7 @@ class _RoundRunner:
         self.meta.update(untuned_ms=out["untuned_ms"], ort_ms=out.get("ort_ms"))
         self.curve.insert(0, {"round": 0, "trials": 0, "tuning_s": 0.0, "latency_ms": out["untuned_ms"],
                               "latency_min_ms": out.get("untuned_min_ms"), "ort_ms": out.get("ort_ms"),
+                              "tvm_num_threads": out.get("tvm_num_threads"),
                               "untuned": True, "at": _now()})
         self.log(f"  untuned {out['untuned_ms']:.4g} ms"
                  + (f", ONNX Runtime {out['ort_ms']:.4g} ms" if out.get("ort_ms") else "")
@@ -914,7 +921,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _worker(job: dict, out_path: Path) -> None:
     """One round in a fresh process: extract tasks, [measure untuned], tune, measure tuned."""
-    out: dict[str, Any] = {"stage": "start", "measure_s": 0.0}
+    out: dict[str, Any] = {"stage": "start", "measure_s": 0.0, "tvm_num_threads": os.environ.get("TVM_NUM_THREADS")}
 
     def save(stage: str | None = None) -> None:
         if stage:
