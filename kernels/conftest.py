@@ -7,7 +7,6 @@ correctness test against the numpy reference.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("chipbench kernels")
     group.addoption("--kernel-tag", default=None, help="only cases with this tag (gemm, bert-base, deepbench, ...)")
     group.addoption("--kernel-backends", default=",".join(BACKENDS), help="comma-separated backends")
+    group.addoption("--results-dir", default=None, help="where the device profile is (default: results/)")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -55,4 +55,4 @@ def device_profile(pytestconfig: pytest.Config):
     """The saved ceilings for this machine (`python -m chipbench.probe results`), or None."""
     from chipbench.probe import load_profile
 
-    return load_profile(Path(os.environ.get("CHIPBENCH_RESULTS", pytestconfig.rootpath / "results")))
+    return load_profile(Path(pytestconfig.getoption("results_dir") or pytestconfig.rootpath / "results"))

@@ -3,6 +3,10 @@
     pytest kernels --benchmark-only --benchmark-json=results/kernels.json   # full-size cases
     pytest kernels                                                          # smoke, run once
 
+Options: --kernel-tag (gemm, bert-base, deepbench, ...), --kernel-backends numpy,ort-cpu,...,
+--results-dir (where `python -m chipbench.probe` saved this machine's ceilings; with one, each
+row gets pct_of_roofline).
+
 Backends run through `Compiled.run` (host arrays in and out, as the harness sees them);
 "numpy" is the reference itself (BLAS for GEMMs, im2col + einsum for convolutions); "tir" is
 the hand-scheduled TensorIR GEMM and conv2d on device-resident tensors (kernel time only).
