@@ -30,6 +30,14 @@ def host_target(threads: int | None = None) -> Any:
     return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
 
 
+def use_all_cores(threads: int | None = None) -> int:
+    """TVM's CPU runtime starts half as many threads as the OS has CPUs on x86 (it assumes SMT
+    pairs): one thread on a 2-vCPU VM. Ask for every usable core (or `threads`) unless the user
+    set TVM_NUM_THREADS; this must happen before the thread pool's first parallel call."""
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads or len(os.sched_getaffinity(0))))
+    return int(os.environ["TVM_NUM_THREADS"])
+
+
 def import_onnx(onnx_path: Path) -> tuple[Any, list[Any]]:
     """ONNX → Relax IRModule with weights as parameters; returns (module, weight tensors)."""
     import onnx
@@ -132,6 +140,7 @@ class TvmLlvm:
         from tvm import relax
 
         require_precision(self, spec)
+        threads = use_all_cores(spec.threads)
         target = tvm.target.Target(spec.target) if spec.target else host_target(spec.threads)
         start = time.perf_counter()
         onnx_path = source.onnx_path
@@ -166,7 +175,7 @@ class TvmLlvm:
             target=str(target),
             pipeline=pipeline,
             tuning_db=database_digest(spec.tuning_db) if spec.tuning_db else None,
-            details={"library_bytes": lib_bytes, "param_bytes": param_bytes},
+            details={"library_bytes": lib_bytes, "param_bytes": param_bytes, "threads": threads},
         )
 
 
