@@ -79,6 +79,8 @@ def run_cells(cells: list[Cell], store: ResultsStore,
               on_done: Callable[[Cell, RunRecord], None] | None = None) -> list[RunRecord]:
     records = []
     device = device_summary(store.root)
+    # tvm-llvm-tuned finds the databases `chipbench tune` wrote under this results dir
+    os.environ.setdefault("CHIPBENCH_TUNING_DIRS", str(store.root / "tuning"))
     for cell in cells:
         record = run_isolated(cell)
         record.provenance["device_profile"] = device
