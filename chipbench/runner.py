@@ -20,7 +20,7 @@ from chipbench.store import ResultsStore
 from chipbench.suite import Cell
 
 
-def run_isolated(cell: Cell) -> RunRecord:
+def run_isolated(cell: Cell, env: dict[str, str] | None = None) -> RunRecord:
     """Run one cell in a fresh interpreter; turn any abnormal end into a failed record."""
     with tempfile.TemporaryDirectory(prefix="chipbench-cell-") as tmp:
         cell_file, out_file, err_file = Path(tmp, "cell.json"), Path(tmp, "record.json"), Path(tmp, "stderr")
@@ -28,7 +28,7 @@ def run_isolated(cell: Cell) -> RunRecord:
         with open(err_file, "w") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "chipbench.cell", str(cell_file), str(out_file)],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True, env=env,
             )
             try:
                 proc.wait(timeout=cell.timeout_s)
@@ -80,9 +80,10 @@ def run_cells(cells: list[Cell], store: ResultsStore,
     records = []
     device = device_summary(store.root)
     # tvm-llvm-tuned finds the databases `chipbench tune` wrote under this results dir
-    os.environ.setdefault("CHIPBENCH_TUNING_DIRS", str(store.root / "tuning"))
+    dirs = os.pathsep.join(filter(None, [str(store.root / "tuning"), os.environ.get("CHIPBENCH_TUNING_DIRS")]))
+    env = {**os.environ, "CHIPBENCH_TUNING_DIRS": dirs}
     for cell in cells:
-        record = run_isolated(cell)
+        record = run_isolated(cell, env)
         record.provenance["device_profile"] = device
         store.add(record)
         records.append(record)
