@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from chipbench.kernels.cases import kernel_cases
-from chipbench.kernels.tir_gemm import use_all_cores
 
 BACKENDS = ("numpy", "ort-cpu", "tvm-llvm", "tir")  # "tir": the hand-written schedules
 TIR_KERNELS = ("gemm", "conv2d")
@@ -31,7 +30,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # this runs before pytest-benchmark reads its options (its configure hook is trylast).
     if config.getoption("benchmark_only", False):
         config.option.benchmark_enable = True
-    use_all_cores()  # before any TVM thread pool starts: tvm-llvm and tir alike get every core
 
 
 def benchmarks_enabled(config: pytest.Config) -> bool:

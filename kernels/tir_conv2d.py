@@ -113,8 +113,7 @@ def schedule_conv2d(s: ConvShape) -> Any:
 def build_conv2d(s: ConvShape, target: Any = None) -> Any:
     import tvm
 
-    from chipbench.backends.tvm import host_target
-    from chipbench.kernels.tir_gemm import use_all_cores
+    from chipbench.backends.tvm import host_target, use_all_cores
 
     use_all_cores()
     return tvm.compile(schedule_conv2d(s), target=target or host_target())

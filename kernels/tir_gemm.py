@@ -20,19 +20,10 @@ Run `python -m chipbench.kernels.tir_gemm [M N K]` to time it against numpy and 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-
-def use_all_cores() -> None:
-    """TVM's CPU runtime starts half as many threads as the OS has CPUs on x86 (it assumes
-    SMT pairs): one thread on a 2-vCPU VM, with the calling thread pinned to core 0. Ask for
-    every usable core unless the user chose (TVM_NUM_THREADS); it must happen before TVM's
-    thread pool first starts, which is the first parallel call in the process."""
-    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 @dataclass(frozen=True)
@@ -89,9 +80,9 @@ def build_gemm(m: int, n: int, k: int, s: GemmSchedule = GemmSchedule(), target:
     """Compile the scheduled GEMM for `target` (default: this host, all cores)."""
     import tvm
 
-    from chipbench.backends.tvm import host_target
+    from chipbench.backends.tvm import host_target, use_all_cores
 
-    use_all_cores()
+    use_all_cores()  # TVM's x86 default is half the CPUs: one thread on a 2-vCPU VM
     return tvm.compile(schedule_gemm(gemm_func(m, n, k, s.nr), s), target=target or host_target())
 
 
