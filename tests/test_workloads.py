@@ -124,6 +124,11 @@ def test_onnx_export_matches_torch(name):
     model = w.build()
     assert not model.training
     onnx_bytes = export_onnx(w, model, w.make_inputs(2, 0))
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    onnx.checker.check_model(proto)  # as the harness does after export
+    onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     x = w.make_inputs(3, 1)  # another batch size: the batch axis is dynamic
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == list(w.input_names)
@@ -170,3 +175,43 @@ def test_untrained_and_trained_keys_differ():
     a = get_workload("vibration-cnn1d").key()
     b = get_workload("vibration-cnn1d", train=False).key()
     assert a != b and a["name"] == "vibration-cnn1d"
+
+
+def test_weight_cache_exact_key(monkeypatch):
+    """Weights are fitted once per exact key (workload fields, recipe, data generator, torch)
+    and reloaded after; a changed generator version refits."""
+    import json
+
+    import torch
+
+    from chipbench.paths import cache_dir
+    from chipbench.workloads import training
+
+    w = get_workload("sensor-ae", steps=8, channels=4, hidden=4, latent=2)
+    calls = []
+
+    def fit(m):
+        calls.append(1)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.fill_(0.5)
+        return {"note": "constant"}
+
+    a = training.cached_weights(w, "recipe-x", w._model(), fit)
+    b = training.cached_weights(w, "recipe-x", w._model(), fit)
+    assert len(calls) == 1 and not b.training
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    training.cached_weights(w, "recipe-y", w._model(), fit)
+    assert len(calls) == 2
+    info = training.train_info(w)
+    assert info["note"] == "constant" and "train_cpu_s" in info
+    assert training.data_key(w)["generator"].startswith("process-sensors")
+    assert training.data_key(get_workload("doc-encoder")) is None
+
+    # a stored key differing from ours (here: another data version) is not trusted
+    for k in cache_dir("weights", w.name).glob("*.key.json"):
+        d = json.loads(k.read_text())
+        d["key"]["data"]["version"] = "0"
+        k.write_text(json.dumps(d))
+    training.cached_weights(w, "recipe-x", w._model(), fit)
+    assert len(calls) == 3

@@ -41,7 +41,7 @@ class DefectSeg(Workload):
     base: int = 16
     depth: int = 3
     train: bool = True
-    epochs: int = 5
+    epochs: int = 8
     crop: int = 48  # training patch size
 
     def _model(self) -> Any:

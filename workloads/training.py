@@ -1,9 +1,10 @@
 """Train-at-first-use with an exact-key weight cache under cache_dir("weights", workload).
 
 A trained model's weights are a function of the workload key (name, version, fields), the
-training recipe (a string the workload bumps when it changes the recipe) and the torch
-version. The key is stored as JSON beside the weights and compared exactly; a file lock keeps
-concurrent processes from training the same model twice.
+training recipe (optimizer, epochs, lr, batch, train size), the data generator's identity
+(name, version, parameters, seed) and the torch version. The key is stored as JSON beside the
+weights and compared exactly; a file lock keeps concurrent processes from training the same
+model twice.
 """
 
 from __future__ import annotations
@@ -35,11 +36,21 @@ def deterministic(seed: int) -> Iterator[None]:
     yield
 
 
+def data_key(workload: Any) -> dict[str, Any] | None:
+    """The identity of the data the weights were fitted on (generator name, version, params,
+    seed), so a changed generator retrains instead of reusing stale weights."""
+    src = workload.data_source()
+    if src is None:
+        return None
+    return {"generator": src.name, "version": src.version, "params": src.params, "seed": src.seed}
+
+
 def cached_weights(workload: Any, recipe: str, model: nn.Module,
                    fit: Callable[[nn.Module], dict[str, Any]]) -> nn.Module:
     """Load `model`'s trained weights from the cache, or run `fit(model)` (which trains in
     place and returns a small info dict, stored beside the weights) and cache them."""
-    key = {"workload": workload.key(), "recipe": recipe, "torch": torch.__version__.split("+")[0]}
+    key = {"workload": workload.key(), "recipe": recipe, "data": data_key(workload),
+           "torch": torch.__version__.split("+")[0]}
     text = json.dumps(key, sort_keys=True, default=list)
     folder = cache_dir("weights", workload.name)
     stem = hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 NAME = "steel-surface"
-VERSION = "1"
+VERSION = "2"
 CLASSES = ("ok", "scratch", "pit", "inclusion", "crack", "stain")
 
 
@@ -43,7 +43,7 @@ def _defect(rng: np.random.Generator, s: int, c: str) -> tuple[np.ndarray, np.nd
         p0 = rng.uniform(0.1, 0.9, 2) * s
         ang, length = rng.uniform(0, np.pi), rng.uniform(0.3, 0.8) * s
         p1 = np.clip(p0 + length * np.array([np.cos(ang), np.sin(ang)]), 0, s - 1)
-        w = max(0.6, s / 160) * rng.uniform(0.8, 1.5)
+        w = max(0.8, s / 120) * rng.uniform(0.8, 1.5)
         prof = np.exp(-0.5 * (_segment_dist(s, p0, p1) / w) ** 2)
         delta = prof * rng.choice([-1, 1]) * rng.uniform(0.15, 0.3)
         mask = prof > 0.3
@@ -93,9 +93,9 @@ def _defect(rng: np.random.Generator, s: int, c: str) -> tuple[np.ndarray, np.nd
         rough = ndimage.gaussian_filter(rng.normal(size=(s, s)), s * 0.05)
         rough /= rough.std() + 1e-9
         prof = np.exp(-0.5 * (np.hypot(xx - cx, yy - cy) / r + 0.15 * rough) ** 2 * 2.5)
-        delta = -rng.uniform(0.12, 0.2) * prof
+        delta = -rng.uniform(0.15, 0.3) * prof
         mask = prof > 0.5
-        tint = rng.uniform(0.6, 0.8)  # rust/oil: blue drops more than red
+        tint = rng.uniform(0.4, 0.7)  # rust/oil: blue drops more than red
     else:
         return np.zeros((s, s)), np.zeros((s, s), bool), 1.0
     return delta, mask, tint
