@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 RESULTS ?= results
 SUITE  ?= suites/default.toml
 
-.PHONY: install run report test test-slow bench bench-kernels clean
+.PHONY: install run report probe test test-slow bench bench-kernels clean
 
 install: $(STAMP)
 
@@ -29,6 +29,16 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+probe: $(STAMP)
+	$(BIN)/chipbench probe --results-dir $(RESULTS)
+
+# pytest-benchmark over kernel case x backend; JSON works with `pytest-benchmark compare`
+bench-kernels: $(STAMP)
+	$(BIN)/chipbench probe --if-missing --results-dir $(RESULTS)
+	nice -n 5 $(BIN)/python -m pytest -q kernels --benchmark-only --results-dir $(RESULTS) \
+		--benchmark-json=$(RESULTS)/kernels.json
+	$(BIN)/python -m chipbench.roofline $(RESULTS)/kernels.json $(RESULTS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu and not rpc" tests/bench --benchmark-enable --benchmark-only \
