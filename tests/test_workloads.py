@@ -215,3 +215,29 @@ def test_weight_cache_exact_key(monkeypatch):
         k.write_text(json.dumps(d))
     training.cached_weights(w, "recipe-x", w._model(), fit)
     assert len(calls) == 3
+
+
+# full-size trained models: minutes of CPU on first use (opt-in: pytest -m slow)
+TRAINED_FLOOR = {
+    "vibration-cnn1d": 0.90,  # accuracy (chance 0.25)
+    "edge-inspect": 0.70,  # accuracy (chance 0.17)
+    "defect-seg": 0.65,  # mean IoU
+    "rul-gru": 20.0,  # RMSE ceiling, cycles (predicting the mean: ~43)
+    "rul-tcn": 22.0,
+    "sensor-ae": 0.90,  # AUROC
+    "sensor-transformer": 0.80,  # accuracy (chance 0.2)
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TRAINED_FLOOR))
+def test_trained_model_task_metric(name):
+    from chipbench.workloads.training import evaluate, train_info
+
+    w = get_workload(name)
+    value = evaluate(w, w.build())
+    assert train_info(w)["test_" + w.task_metric] == pytest.approx(value, rel=1e-5)
+    if w.higher_is_better:
+        assert value >= TRAINED_FLOOR[name]
+    else:
+        assert value <= TRAINED_FLOOR[name]
