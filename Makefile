@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Ceilings once per machine, per-op breakdowns of two workloads, then the suite and its report.
 run: $(STAMP)
+	$(BIN)/chipbench probe --if-missing --results-dir $(RESULTS)
+	$(BIN)/chipbench profile -w vibration-cnn1d,sensor-transformer -b ort-cpu,tvm-llvm --results-dir $(RESULTS) > /dev/null
+	$(BIN)/chipbench project --hw edge-npu -w edge-inspect --precision int8 --results-dir $(RESULTS) > /dev/null
 	$(BIN)/chipbench run --suite $(SUITE) --results-dir $(RESULTS)
 
 report: $(STAMP)

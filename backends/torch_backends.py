@@ -47,11 +47,7 @@ class _TorchBase:
 
         @torch.inference_mode()
         def run(inputs: Arrays) -> Arrays:
-            outs = fn(*(cast(torch.from_numpy(inputs[n])) for n in names))
-            if isinstance(outs, torch.Tensor):
-                outs = (outs,)
-            return {n: o.float().numpy() if o.is_floating_point() else o.numpy()
-                    for n, o in zip(out_names, _flatten(outs))}
+            return named_outputs(fn(*(cast(torch.from_numpy(inputs[n])) for n in names)), out_names)
 
         if self.compiled_mode:
             # inductor compiles on the first call; count that as compile time, not run time
@@ -75,6 +71,15 @@ def _flatten(outs):
             yield from _flatten(o)
         else:
             yield o
+
+
+def named_outputs(outs, names) -> Arrays:
+    """A torch model's output (tensor or nested tuple) as host arrays keyed by output name."""
+    import torch
+
+    if isinstance(outs, torch.Tensor):
+        outs = (outs,)
+    return {n: o.float().numpy() if o.is_floating_point() else o.numpy() for n, o in zip(names, _flatten(outs))}
 
 
 @register("torch-eager")

@@ -17,7 +17,8 @@ _ISA_FLAGS = (
 )
 
 
-def _cpuinfo() -> dict[str, str]:
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields from /proc/cpuinfo (empty where there is none)."""
     info: dict[str, str] = {}
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -35,7 +36,7 @@ def _cpuinfo() -> dict[str, str]:
 def machine_info() -> dict:
     import psutil
 
-    cpu = _cpuinfo()
+    cpu = cpuinfo()
     flags = set((cpu.get("flags") or cpu.get("Features") or "").split())
     return {
         "hostname": platform.node(),

@@ -89,23 +89,16 @@ def export_onnx(workload, batch: int) -> Path:
     return path
 
 
-def reference_outputs(workload, inputs: Arrays) -> Arrays:
+def reference_outputs(workload, inputs: Arrays, model=None) -> Arrays:
+    """FP32 torch eager outputs of `workload` (built here unless `model` is given)."""
     import torch
 
-    model = workload.build().eval()
+    from chipbench.backends.torch_backends import named_outputs
+
+    model = model if model is not None else workload.build().eval()
     with torch.inference_mode():
-        outs = model(*(torch.from_numpy(inputs[n]) for n in workload.input_names))
-    if isinstance(outs, torch.Tensor):
-        outs = (outs,)
-    return {n: o.detach().numpy() for n, o in zip(workload.output_names, _flatten(outs))}
-
-
-def _flatten(outs):
-    for o in outs:
-        if isinstance(o, (tuple, list)):
-            yield from _flatten(o)
-        else:
-            yield o
+        return named_outputs(model(*(torch.from_numpy(inputs[n]) for n in workload.input_names)),
+                             workload.output_names)
 
 
 def check_onnx_parity(path: Path, inputs: Arrays, reference: Arrays, rtol: float = 1e-3) -> None:

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from chipbench.machine import cpuinfo
 from chipbench.paths import atomic_write_text
 
 # Instructions that make a precision native (not emulated) on x86; without them we skip it.
@@ -74,13 +75,7 @@ class DeviceProfile:
 
 def read_machine() -> Machine:
     """CPU model, usable cores and ISA flags from /proc/cpuinfo (Linux), platform elsewhere."""
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            k, _, v = line.partition(":")
-            info.setdefault(k.strip(), v.strip())  # first processor is enough
-    except OSError:
-        pass
+    info = cpuinfo()
     flags = set(info.get("flags", "").split())
     keep = {"avx", "avx2", "fma", "avx512f"} | {f for fs in NATIVE_FLAGS.values() for f in fs}
     mhz = float(info["cpu MHz"]) if "cpu MHz" in info else None

@@ -39,9 +39,7 @@ def _eval(run: Callable[[Arrays], Arrays], workload, batch: int, n: int) -> tupl
 
 def reference_metric(workload, batch: int, n: int) -> tuple[float, int]:
     """FP32 torch's task metric on the same samples (cached with its exact key)."""
-    import torch
-
-    from chipbench.prepare import export_key
+    from chipbench.prepare import export_key, reference_outputs
 
     key = {**export_key(workload, batch), "n": n, "task_metric": workload.task_metric}
     text = json.dumps(key, sort_keys=True, default=str)
@@ -51,14 +49,7 @@ def reference_metric(workload, batch: int, n: int) -> tuple[float, int]:
         if saved["key"] == json.loads(text):
             return saved["value"], saved["n"]
     model = workload.build().eval()
-
-    @torch.inference_mode()
-    def run(chunk: Arrays) -> Arrays:
-        outs = model(*(torch.from_numpy(chunk[k]) for k in workload.input_names))
-        outs = (outs,) if isinstance(outs, torch.Tensor) else outs
-        return {k: o.numpy() for k, o in zip(workload.output_names, outs)}
-
-    value, n_used = _eval(run, workload, batch, n)
+    value, n_used = _eval(lambda chunk: reference_outputs(workload, chunk, model), workload, batch, n)
     atomic_write_text(path, json.dumps({"key": json.loads(text), "value": value, "n": n_used}))
     return value, n_used
 

@@ -25,6 +25,9 @@ def test_null_backend_single_stream_overhead(benchmark, null_query):
     and the backend call. This is what every real measurement carries on top of its model."""
     settings = MeasureSettings(warmup_count=100, warmup_s=0.0, min_count=QUERIES, min_duration_s=0.0)
     m = benchmark.pedantic(lambda: measure(null_query, settings), rounds=5, iterations=1)
+    assert len(m.samples_s) == QUERIES
+    if benchmark.stats is None:  # --benchmark-disable (make test): ran once as a test
+        return
     per_query_us = benchmark.stats.stats.median / len(m.samples_s) * 1e6
     recorded_us = float(np.median(m.samples_s)) * 1e6
     benchmark.extra_info.update(per_query_us=per_query_us, recorded_median_us=recorded_us,
@@ -37,7 +40,10 @@ def test_null_backend_single_stream_overhead(benchmark, null_query):
 def test_statistics_cost_per_sample(benchmark):
     """Summary statistics (incl. a 1000-resample bootstrap of the median) after a sweep."""
     samples = np.random.default_rng(0).lognormal(-9, 0.2, QUERIES)
-    benchmark.pedantic(lambda: LatencyStats.from_samples(samples), rounds=3, iterations=1)
+    stats = benchmark.pedantic(lambda: LatencyStats.from_samples(samples), rounds=3, iterations=1)
+    assert stats.count == QUERIES
+    if benchmark.stats is None:
+        return
     per_sample_us = benchmark.stats.stats.median / QUERIES * 1e6
     benchmark.extra_info.update(per_sample_us=per_sample_us)
     print(f"\nstatistics: {per_sample_us:.3f} µs per sample, once per cell, outside the timed loop")
