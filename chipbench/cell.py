@@ -79,7 +79,7 @@ class Preparation:
     notes: list[str]
     workload: Workload | None = None  # None for a foreign ONNX model or a kernel
     calibration: tuple | None = None  # (batches callable, key) for int8
-    work: dict | None = None  # FLOPs and minimum bytes of one query
+    work: dict | None = None  # FLOPs and bytes of one query (kernel: exact minimum; graph: per-node sum)
 
 
 def kernel_case(name: str):
