@@ -46,3 +46,24 @@ def gru(path: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, path)
     return path
+
+
+def constant_of_shape_bias(path: Path) -> Path:
+    """y = x @ W + b where b is built at run time by ConstantOfShape (as some exporters do)."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "W")
+    shape = numpy_helper.from_array(np.array([4], dtype=np.int64), "b_shape")
+    nodes = [
+        helper.make_node("ConstantOfShape", ["b_shape"], ["b"],
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
+        helper.make_node("MatMul", ["x", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "cos_bias", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              initializer=[w, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 4
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path

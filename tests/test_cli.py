@@ -174,3 +174,17 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     onnx.save(model, tmp_path / "sub" / "evil.onnx")
     proc = cli("run", "--model", tmp_path / "sub" / "evil.onnx", "-b", "ort-cpu", "--results-dir", tmp_path, check=False)
     assert proc.returncode == 2 and "outside the model's folder" in proc.stderr
+
+
+def test_bring_your_own_with_constant_of_shape_weights_and_external_data(tmp_path):
+    import onnx
+    from onnx_models import constant_of_shape_bias
+    model = onnx.load(constant_of_shape_bias(tmp_path / "cos.onnx"))
+    (tmp_path / "m").mkdir()
+    onnx.save(model, tmp_path / "m" / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    assert (tmp_path / "m" / "weights.bin").exists()
+    cli("run", "--model", tmp_path / "m" / "ext.onnx", "-b", "ort-cpu,tvm-llvm", *FAST, "--results-dir", tmp_path / "r")
+    by = {r["backend"]["name"]: r for r in records(tmp_path / "r")}
+    assert by["ort-cpu"]["verdict"] == "VALID" and by["tvm-llvm"]["verdict"] == "VALID", by["tvm-llvm"]["reason"]
+    assert by["tvm-llvm"]["coverage"]["status"]["ConstantOfShape"] == "ran"
