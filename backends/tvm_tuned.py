@@ -63,20 +63,21 @@ class TvmLlvmTuned(TvmLlvm):
 
         require_precision(self, spec)  # fp32: databases are tuned for the fp32 model
         folder, sha, target = self.locate(source, spec)
+        database = tuning.unpacked(folder)  # shipped databases keep their records gzipped
 
         start = time.perf_counter()
         tuning.load_cpu_intrinsics()  # records may replay x86 tensorize steps
         mod, _ = import_onnx(source.onnx_path)
         tvm_target = tvm.target.Target(target)
-        cov = tuning.coverage(tuning.fuse_for_tuning(mod, tvm_target), tvm_target, folder)
+        cov = tuning.coverage(tuning.fuse_for_tuning(mod, tvm_target), tvm_target, database)
         check_s = time.perf_counter() - start
         if cov["tasks_with_record"] == 0:
             raise Unsupported(f"tuning database {folder} has a record for none of the {cov['tasks_found']} "
                               f"task(s) of {source.name} (made with another TVM?); run `chipbench tune` again")
 
-        compiled = super().compile(source, replace(spec, tuning_db=folder))
+        compiled = super().compile(source, replace(spec, tuning_db=database))
         meta = tuning.read_meta(folder)
-        compiled.tuning_db = tuning.records_digest(folder)
+        compiled.tuning_db = tuning.records_digest(database)
         compiled.pipeline = f"{compiled.pipeline} ({cov['tasks_applied']}/{cov['tasks_found']} tasks tuned)"
         compiled.details.update({
             "tuning_db_path": str(folder),

@@ -179,7 +179,7 @@ def _tuned_database(source: Any, threads: int, tuning_db: Path | None) -> Path:
     except Unsupported as exc:
         raise OpProfileError(str(exc)) from None
     tuning.load_cpu_intrinsics()  # records may replay x86 tensorize steps
-    return folder
+    return tuning.unpacked(folder)  # shipped databases keep their records gzipped
 
 
 def attach_roofline(prof: OpProfile | list[OpTime], device: Any, precision: str = "fp32") -> None:

@@ -43,6 +43,7 @@ worker to find the culprit.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import math
@@ -64,7 +65,7 @@ KEY_FILE = "key.json"
 META_FILE = "meta.json"
 CURVE_FILE = "curve.json"
 RECORD_FILES = ("database_workload.json", "database_tuning_record.json")
-SHIPPED_FILES = (KEY_FILE, *RECORD_FILES, META_FILE, CURVE_FILE)
+SHIPPED_FILES = (KEY_FILE, *(f"{n}.gz" for n in RECORD_FILES), META_FILE, CURVE_FILE)  # as in results/tuned
 TUNING_SUBDIR = "tuning"  # RESULTS_DIR/tuning
 ENV_DIRS = "CHIPBENCH_TUNING_DIRS"  # extra roots, os.pathsep-separated
 
@@ -212,13 +213,37 @@ def find_database(graph_sha: str, target: str, roots: Sequence[Path] | None = No
     return None
 
 
+def unpacked(folder: Path) -> Path:
+    """A database MetaSchedule can open. Shipped databases keep their records gzipped (the
+    serialized task modules are megabytes of JSON); they are unpacked once into the cache,
+    reused only while the cached key.json and records equal the shipped ones exactly."""
+    folder = Path(folder)
+    if not (folder / f"{RECORD_FILES[0]}.gz").is_file():
+        return folder
+    from chipbench.paths import atomic_write_bytes, cache_dir
+
+    dest = cache_dir("tuned", folder.parent.name, folder.name)
+    files = {name: gzip.decompress((folder / f"{name}.gz").read_bytes()) for name in RECORD_FILES}
+    files.update({name: (folder / name).read_bytes() for name in (KEY_FILE, META_FILE, CURVE_FILE)
+                  if (folder / name).is_file()})
+    for name, data in files.items():
+        path = dest / name
+        if not path.is_file() or path.read_bytes() != data:
+            atomic_write_bytes(path, data)
+    return dest
+
+
 def record_count(folder: Path) -> int:
     """Measured candidates in the database (one line per tuning record)."""
     path = Path(folder) / RECORD_FILES[1]
-    if not path.is_file():
+    packed = path.with_name(path.name + ".gz")
+    if packed.is_file():
+        data = gzip.decompress(packed.read_bytes())
+    elif path.is_file():
+        data = path.read_bytes()
+    else:
         return 0
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+    return sum(1 for line in data.splitlines() if line.strip())
 
 
 def records_digest(folder: Path) -> str:
@@ -870,6 +895,7 @@ def ship(folder: Path, dest_root: Path | None = None, prune: bool = True) -> Pat
     dest.mkdir(parents=True, exist_ok=True)
     for name in RECORD_FILES:
         (dest / name).unlink(missing_ok=True)
+        (dest / f"{name}.gz").unlink(missing_ok=True)
     if prune:
         from tvm.s_tir import meta_schedule as ms
 
@@ -885,6 +911,9 @@ def ship(folder: Path, dest_root: Path | None = None, prune: bool = True) -> Pat
     meta["shipped"] = {"from": f"{folder.parent.name}/{folder.name}", "at": _now(), "pruned_to_best": prune,
                        "records": record_count(dest)}
     _write_json(dest / META_FILE, meta)
+    for name in RECORD_FILES:  # gzipped in the source tree; `unpacked` restores them for use
+        (dest / f"{name}.gz").write_bytes(gzip.compress((dest / name).read_bytes(), mtime=0))
+        (dest / name).unlink()
     return dest
 
 
