@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,tune]'
 	touch $(STAMP)
 
 # Ceilings once per machine, per-op breakdowns of two workloads, then the suite and its report.
@@ -42,7 +42,7 @@ bench-kernels: $(STAMP)
 	$(BIN)/chipbench probe --if-missing --results-dir $(RESULTS)
 	nice -n 5 $(BIN)/python -m pytest -q kernels --benchmark-only --results-dir $(RESULTS) \
 		--benchmark-json=$(RESULTS)/kernels.json
-	$(BIN)/python -m chipbench.roofline $(RESULTS)/kernels.json $(RESULTS)
+	$(BIN)/chipbench roofline $(RESULTS)/kernels.json --results-dir $(RESULTS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu and not rpc" tests/bench --benchmark-enable --benchmark-only \

@@ -69,8 +69,27 @@ def fusion_passes() -> list[Any]:
     ]
 
 
-def build(mod: Any, target: Any, database_dir: Path | None = None) -> tuple[Any, str]:
-    """Compile for `target`; with a MetaSchedule database apply its records. Returns (exe, pipeline)."""
+def fuse(mod: Any, target: Any, weight_prepack: bool = False) -> Any:
+    """Library dispatch, legalize and fuse: the module MetaSchedule extracts its tasks from and
+    `build()` applies a database to. With `weight_prepack` the kernels' weight buffers are
+    marked layout-free, so a schedule may store weights in the order its loops read them
+    (MetaSchedule's RewriteLayout) instead of gathering across OIHW on every call."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline as relax_pipeline
+
+    passes = [*relax_pipeline.library_dispatch_passes(target), *fusion_passes()]
+    if weight_prepack:
+        passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def build(mod: Any, target: Any, database_dir: Path | None = None,
+          weight_prepack: bool = False) -> tuple[Any, str]:
+    """Compile for `target`; with a MetaSchedule database apply its records. Returns (exe, pipeline).
+    With `weight_prepack` (a database tuned so) the weights' layout changes move into a
+    `main_transform_params` function that `load()` runs once, as a runtime prepacks at load."""
     import tvm
     from tvm import relax
     from tvm.relax import pipeline as relax_pipeline
@@ -82,23 +101,35 @@ def build(mod: Any, target: Any, database_dir: Path | None = None) -> tuple[Any,
     from tvm.s_tir import meta_schedule as ms
 
     database = ms.database.JSONDatabase(work_dir=str(database_dir), module_equality="structural")
+    prepack = [relax.transform.SplitLayoutRewritePreproc(), relax.transform.LiftTransformParams(),
+               relax.transform.FoldConstant()] if weight_prepack else []
 
     @tvm.transform.module_pass(opt_level=3)
     def tuned_pipeline(mod, _ctx):
-        mod = tvm.transform.Sequential(
-            [*relax_pipeline.library_dispatch_passes(target), *fusion_passes()]
-        )(mod)
-        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fuse(mod, target, weight_prepack))
         # TVM 0.27: relax.pipeline.dataflow_lower_passes(llvm) raises AttributeError, because
         # relax.backend.cpu_generic's __init__ does not export it; take it from its pipeline module.
         lower = cpu_pipeline if target.kind.name == "llvm" else relax_pipeline
         return tvm.transform.Sequential(
-            lower.dataflow_lower_passes(target) + lower.finalize_passes(target)
+            prepack + lower.dataflow_lower_passes(target) + lower.finalize_passes(target)
         )(mod)
 
     with target, database, tvm.transform.PassContext(opt_level=3):
         exe = tvm.compile(mod, target=target, relax_pipeline=tuned_pipeline)
-    return exe, "relax-fused + metaschedule-db"
+    return exe, "relax-fused + metaschedule-db" + (" + weight prepack" if weight_prepack else "")
+
+
+def load(exe: Any, weights: list, device: Any) -> tuple[Any, Any, list]:
+    """(VM, its `main`, the weights as `main` takes them): prepacked once here when the build
+    lifted weight layout changes out of `main`."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(exe, device)
+    params = [tvm.runtime.tensor(w.numpy(), device) for w in weights]
+    if vm.module.implements_function("main_transform_params"):
+        params = list(vm["main_transform_params"](params))
+    return vm, vm["main"], params
 
 
 def database_digest(database_dir: Path) -> str:
@@ -137,7 +168,6 @@ class TvmLlvm:
 
     def compile(self, source: ModelSource, spec: CompileSpec) -> Compiled:
         import tvm
-        from tvm import relax
 
         require_precision(self, spec)
         threads = use_all_cores(spec.threads)
@@ -150,14 +180,12 @@ class TvmLlvm:
             batches, key = calibration_of(spec)
             onnx_path = int8_model(onnx_path, batches, dict(key))
         mod, weights = import_onnx(onnx_path)
-        exe, pipeline = build(mod, target, spec.tuning_db)
+        exe, pipeline = build(mod, target, spec.tuning_db, bool(spec.options.get("weight_prepack")))
         if spec.precision == "int8":
             pipeline += ", ORT QDQ int8 model (Q/DQ lowered literally: fp32 compute)"
-        compile_s = time.perf_counter() - start
         device = tvm.cpu()
-        vm = relax.VirtualMachine(exe, device)
-        params = [tvm.runtime.tensor(w.numpy(), device) for w in weights]
-        main = vm["main"]
+        _vm, main, params = load(exe, weights, device)
+        compile_s = time.perf_counter() - start  # weight prepacking included, as in a session's start
         names = source.input_names
         out_names = source.output_names
 

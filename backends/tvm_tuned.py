@@ -64,23 +64,25 @@ class TvmLlvmTuned(TvmLlvm):
         require_precision(self, spec)  # fp32: databases are tuned for the fp32 model
         folder, sha, target = self.locate(source, spec)
         database = tuning.unpacked(folder)  # shipped databases keep their records gzipped
+        prepack = tuning.weight_prepack(tuning.read_key(folder))
 
         start = time.perf_counter()
         tuning.load_cpu_intrinsics()  # records may replay x86 tensorize steps
         mod, _ = import_onnx(source.onnx_path)
         tvm_target = tvm.target.Target(target)
-        cov = tuning.coverage(tuning.fuse_for_tuning(mod, tvm_target), tvm_target, database)
+        cov = tuning.coverage(tuning.fuse_for_tuning(mod, tvm_target, prepack), tvm_target, database)
         check_s = time.perf_counter() - start
         if cov["tasks_with_record"] == 0:
             raise Unsupported(f"tuning database {folder} has a record for none of the {cov['tasks_found']} "
                               f"task(s) of {source.name} (made with another TVM?); run `chipbench tune` again")
 
-        compiled = super().compile(source, replace(spec, tuning_db=database))
+        options = {**spec.options, "weight_prepack": prepack}
+        compiled = super().compile(source, replace(spec, tuning_db=database, options=options))
         meta = tuning.read_meta(folder)
         compiled.tuning_db = tuning.records_digest(database)
         compiled.pipeline = f"{compiled.pipeline} ({cov['tasks_applied']}/{cov['tasks_found']} tasks tuned)"
         compiled.details.update({
-            "tuning_db_path": str(folder),
+            "tuning_db_path": _shown(folder),
             "trials": meta.get("trials", tuning.record_count(folder)),  # tuning effort behind it
             "records": tuning.record_count(folder),  # fewer when shipped pruned to the best per task
             "tuning_s": meta.get("tuning_s"),
@@ -91,5 +93,19 @@ class TvmLlvmTuned(TvmLlvm):
             "tasks_without_record": cov["tasks_without_record"],
             "failed_tasks": sorted(meta.get("failed_tasks", {})),
             "coverage_check_s": check_s,
+            # The tuner's own measurements, so that a report can draw what tuning bought.
+            "tuning_curve": [{k: point.get(k) for k in ("trials", "tuning_s", "latency_ms")}
+                             for point in tuning.read_curve(folder) if point.get("latency_ms") is not None],
+            "tuner_untuned_ms": meta.get("untuned_ms"),
+            "tuner_ort_ms": meta.get("ort_ms"),
+            "search": {k: meta.get("settings", {}).get(k) for k in ("cost_model", "strategy")},
         })
         return compiled
+
+
+def _shown(folder: Path) -> str:
+    """The database path as a reader can follow it: relative to here when inside this tree."""
+    try:
+        return str(folder.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(folder)

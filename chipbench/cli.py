@@ -298,12 +298,37 @@ def project(
 
 
 @app.command()
+def roofline(
+    bench_json: Annotated[Path, typer.Argument(help="pytest-benchmark JSON of `pytest kernels --benchmark-only`.")],
+    results_dir: ResultsDir = Path("results"),
+) -> None:
+    """Place kernel benchmark results on this machine's roofline: a table and a plot per backend."""
+    from chipbench.probe import load_profile
+    from chipbench.roofline import benchmark_points, plot, table
+
+    profile = load_profile(results_dir)
+    if profile is None:
+        fail(f"no device profile for this machine in {results_dir}: run `chipbench probe --results-dir {results_dir}`")
+    try:
+        by_backend = benchmark_points(profile, bench_json)
+    except (OSError, ValueError, KeyError) as exc:
+        fail(f"{bench_json}: not pytest-benchmark JSON from `pytest kernels --benchmark-only` ({exc})")
+    for backend, points in by_backend.items():
+        stem = bench_json.with_name(f"{bench_json.stem}-roofline-{backend}")
+        stem.with_suffix(".md").write_text(table(points, profile))
+        for path in plot(profile, points, stem, title=f"{backend} on {profile.machine.cpu}"):
+            print(path)
+
+
+@app.command()
 def tune(
     workload: Annotated[Optional[str], typer.Option("-w", "--workload", help="Workload to tune.")] = None,
     kernel: Annotated[Optional[str], typer.Option("-k", "--kernel", help="Kernel case to tune (KERNEL/LABEL).")] = None,
     trials: Annotated[int, typer.Option("--trials", help="Measured candidates the database should hold.")] = 64,
     rounds: Annotated[int, typer.Option("--rounds", help="Measure latency after each of this many rounds.")] = 1,
     batch: Annotated[int, typer.Option("--batch")] = 1,
+    cost_model: Annotated[str, typer.Option("--cost-model", help="auto (xgb when installed), random, xgb, mlp.")] = "auto",
+    strategy: Annotated[str, typer.Option("--strategy", help="evolutionary-lite, evolutionary, replay-trace.")] = "evolutionary-lite",
     results_dir: ResultsDir = Path("results"),
 ) -> None:
     """MetaSchedule tuning for this CPU into a persistent, resumable database (used by tvm-llvm-tuned)."""
@@ -313,7 +338,7 @@ def tune(
         fail("give exactly one of -w WORKLOAD or -k KERNEL")
     try:
         result = do_tune(workload or kernel, trials, results_dir, rounds, kind="workload" if workload else "kernel",
-                         batch=batch)
+                         batch=batch, cost_model=cost_model, strategy=strategy)
     except TuningError as exc:
         fail(str(exc))
     for line in result.summary():

@@ -536,21 +536,19 @@ def profile_tvm(onnx_path: Path, inputs: dict, input_names: Sequence[str], runs:
     """Per-PrimFunc times of the Relax VM build the `tvm-llvm` backend makes (see module doc)."""
     import numpy as np
     import tvm
-    from tvm import relax
 
-    from chipbench.backends.tvm import build, host_target, import_onnx
+    from chipbench.backends.tvm import build, host_target, import_onnx, load
+    from chipbench.tuning import read_key, weight_prepack
 
     threads = threads or _default_threads()
     name = "tvm-llvm" if tuning_db is None else "tvm-llvm-tuned"
     target = host_target(threads)
     mod, weights = import_onnx(Path(onnx_path))
-    exe, pipeline = build(mod, target, tuning_db)
+    exe, pipeline = build(mod, target, tuning_db, tuning_db is not None and weight_prepack(read_key(tuning_db)))
     tir_flops = _tir_flops(mod, target, tuned=tuning_db is not None)
     dev = tvm.cpu()
-    vm = relax.VirtualMachine(exe, dev)
-    params = [tvm.runtime.tensor(w.numpy(), dev) for w in weights]
+    vm, main, params = load(exe, weights, dev)
     args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[n]), dev) for n in input_names]
-    main = vm["main"]
     for _ in range(max(warmup, 1)):
         main(*args, *params)
     e2e = []
@@ -646,16 +644,12 @@ def _tir_flops(mod: Any, target: Any, tuned: bool) -> dict[str, float]:
     from tvm import relax
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    from chipbench.backends.tvm import fusion_passes
+    from chipbench.backends.tvm import fuse
 
-    with target:
-        if tuned:  # the library dispatch and fusion the tuned build runs first (same names)
-            from tvm.relax import pipeline as relax_pipeline
-
-            seq = [*relax_pipeline.library_dispatch_passes(target), *fusion_passes()]
-            with tvm.transform.PassContext(opt_level=3):
-                lowered = tvm.transform.Sequential(seq)(mod)
-        else:
+    if tuned:  # the library dispatch and fusion the tuned build runs first (same names)
+        lowered = fuse(mod, target)
+    else:
+        with target:
             lowered = relax.get_pipeline("default")(mod)
     out = {}
     for gv, func in lowered.functions.items():

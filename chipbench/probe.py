@@ -270,21 +270,3 @@ def load_profile(results_dir: Path, machine: Machine | None = None) -> DevicePro
     if not path.exists():
         return None
     return DeviceProfile.from_dict(json.loads(path.read_text()))
-
-
-def main() -> None:  # python -m chipbench.probe [results_dir] [--quick] [--if-missing]
-    import sys
-
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    results = Path(args[0] if args else "results")
-    if "--if-missing" in sys.argv and load_profile(results) is not None:
-        print(profile_path(results, read_machine().key))
-        return
-    profile = measure_ceilings(quick="--quick" in sys.argv)
-    path = save_profile(profile, results)
-    print(json.dumps({k: v for k, v in profile.to_dict().items() if k != "machine"}, indent=2))
-    print(path)
-
-
-if __name__ == "__main__":
-    main()

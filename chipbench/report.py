@@ -18,6 +18,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from chipbench.record import RunRecord
+from chipbench.tuning_curves import FAIR_RATIO
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
 
@@ -71,6 +72,21 @@ def cell_summary(rec: RunRecord | None) -> dict[str, str]:
         "fid": fmt_num(fid.get("rel_l2"), 2),
         "verdict": rec.verdict or "",
         "untuned": untuned,
+    }
+
+
+def tuning_cells(row) -> dict[str, str]:
+    """One tuning_curves.TuningRow as the report's table shows it."""
+    b = row.break_even
+    return {
+        "workload": row.workload + ("" if row.measured_here else "*"),
+        "trials": f"{row.trials:,}" if row.trials is not None else "–",
+        "minutes": fmt_num(row.tuning_s / 60.0) if row.tuning_s is not None else "–",
+        "untuned": fmt_ms(row.untuned_ms), "tuned": fmt_ms(row.tuned_ms), "ort": fmt_ms(row.ort_ms),
+        "speedup": f"{fmt_num(b['speedup'])}×" if b.get("speedup") else "–",
+        "vs_ort": f"{fmt_num(row.vs_ort)}×" if row.vs_ort else "–",
+        "fair": "–" if row.fair is None else ("yes" if row.fair else "no"),
+        "break_even": f"{b['inferences']:,}" if b.get("inferences") else ("never" if b else "–"),
     }
 
 
@@ -195,10 +211,12 @@ def _most_common(dicts) -> dict:
 
 @dataclass
 class Extras:
-    """What the report shows beside the records: ceilings, roofline, per-op profiles, projections."""
+    """What the report shows beside the records: ceilings, roofline, per-op profiles,
+    projections, tuning curves, and the plots (name -> PNG) drawn for them."""
 
     device: dict | None = None
-    roofline_png: Path | None = None
+    images: dict[str, Path] = field(default_factory=dict)
+    tuning: list = field(default_factory=list)  # tuning_curves.TuningRow
     points: list = field(default_factory=list)  # (record, roofline Point)
     profiles: list[dict] = field(default_factory=list)
     projections: list[str] = field(default_factory=list)
@@ -210,10 +228,13 @@ class Extras:
 def gather_extras(records: list[RunRecord], results_dir: Path | None) -> Extras:
     if results_dir is None:
         return Extras()
+    from chipbench import tuning_curves
     from chipbench.probe import load_profile
     from chipbench.roofline import place, plot
 
-    extras = Extras()
+    extras = Extras(tuning=tuning_curves.tuning_rows(records))
+    if any(row.curve for row in extras.tuning):
+        extras.images["tuning"] = tuning_curves.plot(extras.tuning, results_dir / "tuning-curves")[0]
     for path in sorted((results_dir / "profiles").glob("*.json")):
         extras.profiles.append(json.loads(path.read_text()))
     for path in sorted((results_dir / "projections").glob("*.md")):
@@ -232,12 +253,12 @@ def gather_extras(records: list[RunRecord], results_dir: Path | None) -> Extras:
     if extras.points:
         out = plot(device, [p for _, p in extras.points], results_dir / "roofline",
                    title=f"Roofline: {device.machine.cpu} ({device.machine.cores} cores)")
-        extras.roofline_png = out[0]
+        extras.images["roofline"] = out[0]
     return extras
 
 
 def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
-           extras: Extras | None = None, image_ref: str | None = None) -> str:
+           extras: Extras | None = None, images: dict[str, str] | None = None) -> str:
     env = Environment(
         loader=PackageLoader("chipbench", "templates"),
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
@@ -258,7 +279,9 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
         precision_rows=precision_rows([r for r in records if not is_kernel(r)]),
         kernels=sorted((r for r in records if is_kernel(r)), key=lambda r: (r.workload["name"], r.backend["name"])),
         extras=extras or Extras(),
-        image_ref=image_ref,
+        images=images or {},
+        fair_ratio=FAIR_RATIO,
+        tuning_cells=tuning_cells,
         coverage=coverage_matrix(records),
         task_summary=task_summary,
         counts=Counter(r.status for r in records),
@@ -270,13 +293,12 @@ def write_reports(records: list[RunRecord], md_path: Path | None, html_path: Pat
     extras = gather_extras(records, results_dir)
     written = []
     if md_path is not None:
-        ref = os.path.relpath(extras.roofline_png, md_path.parent) if extras.roofline_png else None
-        written.append(_write(md_path, render(records, "md", extras=extras, image_ref=ref)))
-    if html_path is not None:  # self-contained: the plot travels inside the page
-        ref = None
-        if extras.roofline_png:
-            ref = "data:image/png;base64," + base64.b64encode(extras.roofline_png.read_bytes()).decode()
-        written.append(_write(html_path, render(records, "html", extras=extras, image_ref=ref)))
+        refs = {name: os.path.relpath(png, md_path.parent) for name, png in extras.images.items()}
+        written.append(_write(md_path, render(records, "md", extras=extras, images=refs)))
+    if html_path is not None:  # self-contained: the plots travel inside the page
+        refs = {name: "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+                for name, png in extras.images.items()}
+        written.append(_write(html_path, render(records, "html", extras=extras, images=refs)))
     return written
 
 

@@ -154,24 +154,3 @@ def benchmark_points(roof: Roof, bench_json: Path) -> dict[str, list[Point]]:
         point = place(roof, b["group"] or b["name"], info["flops"], info["bytes"], b["stats"]["median"], info["kernel"])
         points.setdefault(info["backend"], []).append(point)
     return points
-
-
-def main() -> None:  # python -m chipbench.roofline results/kernels.json [results_dir]
-    import sys
-
-    from chipbench.probe import load_profile
-
-    bench = Path(sys.argv[1])
-    results = Path(sys.argv[2]) if len(sys.argv) > 2 else bench.parent
-    profile = load_profile(results)
-    if profile is None:
-        raise SystemExit(f"no device profile for this machine in {results}: run python -m chipbench.probe {results}")
-    for backend, points in benchmark_points(profile, bench).items():
-        stem = bench.with_name(f"{bench.stem}-roofline-{backend}")
-        stem.with_suffix(".md").write_text(table(points, profile))
-        for path in plot(profile, points, stem, title=f"{backend} on {profile.machine.cpu}"):
-            print(path)
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,7 @@ A tuning database is a folder
 
     <root>/<target-slug>/<model-label>-<key-hash>/
         key.json                        the full key, compared exactly: {"format", "graph_sha256",
-                                        "target"} (see below)
+                                        "target", "weight_prepack"} (see below)
         database_workload.json          MetaSchedule JSONDatabase (what `backends.tvm.build`
         database_tuning_record.json     applies with MetaScheduleApplyDatabase)
         meta.json                       the model (workload key, params, batch, ONNX sha256s,
@@ -23,12 +23,16 @@ large floating-point initializers (the weights) left out, and everything else ke
 attributes, shapes, dtypes, small or integer initializers such as Reshape targets). A
 workload's params and batch are in the graph's shapes; retraining its weights (or a new seed)
 keeps its database. The target is the canonical TVM target JSON string (CPU model and core
-count included). The exact ONNX sha256s a database was tuned with are kept in meta.json.
+count included). `weight_prepack` says the tasks were extracted with weights marked
+layout-free, so the build must prepack weights the same way (format 2 keys predate it and
+mean no prepacking; they are still found and applied). The exact ONNX sha256s a database was
+tuned with are kept in meta.json.
 Records could not misapply anyway: MetaSchedule matches each task by structural equality of
 its TIR, and the tuned backend reports how many tasks found and applied a record.
 
 Lookup (`find_database`), as the `tvm-llvm-tuned` backend does it: compute the key from the
-ONNX file and the target, and take the folder whose key.json equals it.
+ONNX file and the target, and take the folder whose key.json equals it (a prepacked database
+before a format 2 one).
 
 Tuning runs in rounds, each in a worker subprocess (`python -m chipbench.tuning worker ...`):
 the worker extracts tasks from the fused module (the same passes `build()` uses, so database
@@ -45,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -60,7 +65,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-KEY_FORMAT = 2
+KEY_FORMAT = 3
+LEGACY_KEY_FORMAT = 2  # before weight prepacking: no "weight_prepack" field, built without it
 KEY_FILE = "key.json"
 META_FILE = "meta.json"
 CURVE_FILE = "curve.json"
@@ -150,9 +156,14 @@ def graph_sha256(onnx_path: Path) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
-def database_key(graph_sha: str, target: str) -> dict:
+def database_key(graph_sha: str, target: str, weight_prepack: bool = True) -> dict:
     """The full key of a database: what key.json holds and what a lookup compares, exactly."""
-    return {"format": KEY_FORMAT, "graph_sha256": graph_sha, "target": target}
+    return {"format": KEY_FORMAT, "graph_sha256": graph_sha, "target": target, "weight_prepack": weight_prepack}
+
+
+def weight_prepack(key: dict | None) -> bool:
+    """Whether a database's tasks (and so its build) have weights prepacked."""
+    return bool((key or {}).get("weight_prepack", False))
 
 
 def database_folder(root: Path, key: dict, name: str) -> Path:
@@ -168,8 +179,9 @@ def read_key(folder: Path) -> dict | None:
 
 
 def key_matches(key: dict | None, graph_sha: str, target: str) -> bool:
-    """Exact comparison of the whole key (format, graph hash, canonical target string)."""
-    return key == database_key(graph_sha, target)
+    """Exact comparison of the whole key (format, graph hash, canonical target string, prepacking)."""
+    legacy = {"format": LEGACY_KEY_FORMAT, "graph_sha256": graph_sha, "target": target}
+    return key in (database_key(graph_sha, target, True), database_key(graph_sha, target, False), legacy)
 
 
 def search_roots(extra: Iterable[Path | str] = ()) -> list[Path]:
@@ -205,11 +217,11 @@ def candidate_folders(roots: Sequence[Path], target: str) -> list[Path]:
 
 def find_database(graph_sha: str, target: str, roots: Sequence[Path] | None = None) -> Path | None:
     """The database folder whose key.json is exactly this model's and target's key; the first
-    root that has one wins, and within a root the one with the most records."""
+    root that has one wins, and within a root a prepacked one, then the one with the most records."""
     for root in roots if roots is not None else search_roots():
         matches = [f for f in candidate_folders([root], target) if key_matches(read_key(f), graph_sha, target)]
         if matches:
-            return max(matches, key=record_count)
+            return max(matches, key=lambda f: (weight_prepack(read_key(f)), record_count(f)))
     return None
 
 
@@ -309,16 +321,12 @@ def build_without_gpu_intrinsics(mod: Any, target: Any, _params: Any) -> Any:
     return tvm_build(mod, target=target)
 
 
-def fuse_for_tuning(mod: Any, target: Any) -> Any:
-    """The passes `backends.tvm.build` runs before MetaScheduleApplyDatabase (library
-    dispatch + fusion_passes): tasks are extracted from this, so their keys match the build."""
-    import tvm
-    from tvm.relax import pipeline as relax_pipeline
+def fuse_for_tuning(mod: Any, target: Any, weight_prepack: bool = False) -> Any:
+    """The module `backends.tvm.build` applies a database to: tasks are extracted from this,
+    so their keys match the build."""
+    from chipbench.backends.tvm import fuse
 
-    from chipbench.backends.tvm import fusion_passes
-
-    with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential([*relax_pipeline.library_dispatch_passes(target), *fusion_passes()])(mod)
+    return fuse(mod, target, weight_prepack)
 
 
 def extract(fused: Any, target: Any) -> list[Any]:
@@ -452,6 +460,22 @@ def tune(workload_or_kernel: str, trials: int, results_dir: Path, rounds: int = 
     raise TuningError(f"kind must be 'workload' or 'kernel', not {kind!r}")
 
 
+COST_MODELS = ("auto", "random", "xgb", "mlp")
+STRATEGIES = ("evolutionary-lite", "evolutionary", "replay-trace")
+
+
+def resolve_cost_model(name: str) -> str:
+    """"auto" is XGBoost where it is installed: a random cost model leaves the evolutionary
+    search blind, which matters on models with many heavy tasks (ResNet-50)."""
+    if name not in COST_MODELS:
+        raise TuningError(f"unknown cost model '{name}' (known: {', '.join(COST_MODELS)})")
+    if name == "auto":
+        return "xgb" if importlib.util.find_spec("xgboost") else "random"
+    if name == "xgb" and importlib.util.find_spec("xgboost") is None:
+        raise TuningError("cost model 'xgb' needs xgboost: pip install -e '.[tune]'")
+    return name
+
+
 def _guess_kind(name: str) -> str:
     from chipbench.workloads.base import workload_names
 
@@ -475,12 +499,13 @@ def _kernel_case(name: str):
 def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, *,
               model: dict | None = None, inputs: dict | None = None, name: str | None = None,
               target: str | None = None, threads: int | None = None, seed: int = 0,
-              cost_model: str = "random", strategy: str = "evolutionary-lite",
+              cost_model: str = "auto", strategy: str = "evolutionary-lite",
               task_scheduler: str = "gradient", trials_per_iter: int = 64, builder: str = "pool",
               builders: int | None = None,
               builder_timeout_s: float = 120.0, runner_timeout_s: float = 30.0,
               round_timeout_s: float | None = None, measure_s: float = 1.0,
-              focus: float = 0.9, retry_failed: bool = False, nice: int = 0, root: Path | None = None,
+              focus: float = 0.9, weight_prepack: bool = True, retry_failed: bool = False, nice: int = 0,
+              root: Path | None = None,
               crash_tasks: Sequence[str] = (), log: Callable[[str], None] | None = None) -> TuneResult:
     """Tune any ONNX file (static shapes) for the host CPU (or `target`) into the database
     keyed by (model, target) under `root` (default RESULTS_DIR/tuning), until it holds
@@ -490,7 +515,8 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
     model: what the model is, kept in meta.json (default {"kind": "onnx", "name": stem});
     its "name" labels the folder. The key itself is (graph_sha256, target).
     inputs: arrays for latency measurement (default: seeded from the ONNX input shapes).
-    cost_model: "random" (no dependency, the default), "xgb" (needs xgboost), "mlp" (torch;
+    cost_model: "auto" (the default: "xgb" when xgboost is installed, as by the `tune` extra,
+    else "random"), "random" (no dependency), "xgb" (needs xgboost), "mlp" (torch;
     in TVM 0.27 its first full training fails on small data sets: "need at least one array").
     strategy: "evolutionary-lite" (the default: population 128, 2 generations), "evolutionary"
     (MetaSchedule's default: population 512, 4 generations; with the random cost model its
@@ -499,6 +525,8 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
     latency) or "replay-trace" (random samples of the design space; the tests use it).
     focus: after every task has a record, a round tunes only the tasks that make up this share
     of the model's estimated time (see `_select_tasks`).
+    weight_prepack: tune with weights marked layout-free, so schedules may reorder them once at
+    load time (see `backends.tvm.fuse`); part of the key.
     builder: "pool" (chipbench's process pools, the default) or "local" (MetaSchedule's
     LocalBuilder/LocalRunner, which need the `cloudpickle` package); `builders` build processes
     (default: one per core).
@@ -511,10 +539,13 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
         raise TuningError(f"{onnx_path}: no such ONNX file")
     if trials < 0 or rounds < 1:
         raise TuningError("trials must be >= 0 and rounds >= 1")
+    cost_model = resolve_cost_model(cost_model)
+    if strategy not in STRATEGIES:
+        raise TuningError(f"unknown search strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
     sha = _sha256_file(onnx_path)
     model = {"kind": "onnx", "name": name or onnx_path.stem, **(model or {}), "onnx_sha256": sha}
     target_str = canonical_target(target, threads)
-    key = database_key(graph_sha256(onnx_path), target_str)
+    key = database_key(graph_sha256(onnx_path), target_str, weight_prepack)
     folder = database_folder(Path(root) if root else Path(results_dir) / TUNING_SUBDIR, key, model["name"])
     folder.mkdir(parents=True, exist_ok=True)
     existing = read_key(folder)
@@ -546,7 +577,7 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
                     "cost_model": cost_model, "strategy": strategy, "task_scheduler": task_scheduler,
                     "trials_per_iter": trials_per_iter, "builder": builder, "builder_timeout_s": builder_timeout_s,
                     "runner_timeout_s": runner_timeout_s, "measure_s": measure_s, "crash_tasks": list(crash_tasks),
-                    "focus": focus, "builders": builders,
+                    "focus": focus, "builders": builders, "weight_prepack": weight_prepack,
                     "threads": _cores(threads)}
         runner = _RoundRunner(folder, job_base, meta, curve, nice, round_timeout_s, log)
         notes: list[str] = []
@@ -760,7 +791,8 @@ class _RoundRunner:
             break
         added = record_count(self.folder) - before
         self.meta["rounds"].append({"round": round_no, "started": started, "ended": _now(), "trials": added,
-                                    "tuning_s": round(spent_total, 3), "attempts": attempt, "events": events})
+                                    "tuning_s": round(spent_total, 3), "attempts": attempt, "events": events,
+                                    "cost_model": self.job_base["cost_model"], "strategy": self.job_base["strategy"]})
         self._save()
         return added
 
@@ -968,7 +1000,8 @@ def _worker(job: dict, out_path: Path) -> None:
     folder = Path(job["folder"])
     target = tvm.target.Target(job["target"])
     mod, weights = import_onnx(Path(job["onnx"]))
-    fused = fuse_for_tuning(mod, target)
+    prepack = bool(job.get("weight_prepack", False))
+    fused = fuse_for_tuning(mod, target, prepack)
     tasks = extract(fused, target)
     out["tasks"] = [{"name": t.task_name, "weight": int(t.weight)} for t in tasks]
     with np.load(job["inputs"]) as data:
@@ -1001,7 +1034,7 @@ def _worker(job: dict, out_path: Path) -> None:
         out["coverage"] = coverage(fused, target, folder, tasks)
         if trials > 0 or not job.get("baseline"):
             out["latency_ms"], outputs, out["latency_min_ms"] = _latency(mod, weights, target, folder, inputs,
-                                                                         job["measure_s"])
+                                                                         job["measure_s"], prepack)
             ref = ort_out if ort_out is not None else _ort_outputs(job["onnx"], inputs)
             if ref is not None:
                 out["rel_l2_vs_ort"] = max(_rel_l2(a, b) for a, b in zip(outputs, ref))
@@ -1302,21 +1335,18 @@ def _abort(_sch: Any) -> None:
 
 
 def _latency(mod: Any, weights: list, target: Any, database_dir: Path | None, inputs: dict,
-             min_s: float) -> tuple[float, list, float]:
+             min_s: float, weight_prepack: bool = False) -> tuple[float, list, float]:
     """Median latency (ms) of the compiled module on the Relax VM, its outputs, and the minimum
     latency (ms; steadier than the median on a shared machine)."""
     import numpy as np
     import tvm
-    from tvm import relax
 
-    from chipbench.backends.tvm import _to_numpy, build
+    from chipbench.backends.tvm import _to_numpy, build, load
 
-    exe, _ = build(mod, target, database_dir)
+    exe, _ = build(mod, target, database_dir, weight_prepack)
     dev = tvm.cpu()
-    vm = relax.VirtualMachine(exe, dev)
-    params = [tvm.runtime.tensor(w.numpy(), dev) for w in weights]
+    _vm, main, params = load(exe, weights, dev)
     args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]  # saved in graph input order
-    main = vm["main"]
     outputs = _to_numpy(main(*args, *params))
     samples = _time(lambda: main(*args, *params), min_s)
     return float(np.median(samples)) * 1000.0, outputs, float(np.min(samples)) * 1000.0

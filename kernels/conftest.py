@@ -50,7 +50,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def device_profile(pytestconfig: pytest.Config):
-    """The saved ceilings for this machine (`python -m chipbench.probe results`), or None."""
+    """The saved ceilings for this machine (`chipbench probe`), or None."""
     from chipbench.probe import load_profile
 
     return load_profile(Path(pytestconfig.getoption("results_dir") or pytestconfig.rootpath / "results"))

@@ -4,7 +4,7 @@
     pytest kernels                                                          # smoke, run once
 
 Options: --kernel-tag (gemm, bert-base, deepbench, ...), --kernel-backends numpy,ort-cpu,...,
---results-dir (where `python -m chipbench.probe` saved this machine's ceilings; with one, each
+--results-dir (where `chipbench probe` saved this machine's ceilings; with one, each
 row gets pct_of_roofline).
 
 Backends run through `Compiled.run` (host arrays in and out, as the harness sees them);

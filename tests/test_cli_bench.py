@@ -33,6 +33,19 @@ def test_probe_kernels_profile_project_report(tmp_path):
     assert (res / "roofline.png").stat().st_size > 1000
     assert 'src="data:image/png;base64,' in (res / "report.html").read_text()
 
+    # pytest-benchmark JSON (as `make bench-kernels` writes it) onto the same roofline
+    bench = res / "kernels.json"
+    bench.write_text(json.dumps({"benchmarks": [
+        {"name": "test_kernel[gemm/x-tir]", "group": "gemm/x", "stats": {"median": 0.01},
+         "extra_info": {"backend": "tir", "kernel": "gemm", "flops": 2e9, "bytes": 1e7}}]}))
+    cli("roofline", bench, "--results-dir", res)
+    assert "gemm/x" in (res / "kernels-roofline-tir.md").read_text()
+    assert (res / "kernels-roofline-tir.png").stat().st_size > 1000
+    (res / "broken.json").write_text("{")
+    proc = cli("roofline", res / "broken.json", "--results-dir", res, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "broken.json" in lines[0], proc.stderr
+
 
 def test_bad_hardware_spec_is_one_line(tmp_path):
     spec = tmp_path / "chip.toml"

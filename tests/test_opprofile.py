@@ -117,7 +117,7 @@ def test_unknown_backend_is_one_line():
 def test_tuned_tvm_rows_are_fused_primfuncs(tmp_path):
     from chipbench.tuning import tune
 
-    tune("tiny-mlp", 4, tmp_path, kind="workload", batch=BATCH, strategy="replay-trace",
+    tune("tiny-mlp", 4, tmp_path, kind="workload", batch=BATCH, strategy="replay-trace", cost_model="random",
          trials_per_iter=4, measure_s=0.05, log=lambda msg: None)
     prof = opprofile.profile("tiny-mlp", "tvm-llvm-tuned", batch=BATCH, runs=3, warmup=1,
                              tuning_db=tmp_path / "tuning")
