@@ -189,9 +189,16 @@ class TvmLlvm:
         names = source.input_names
         out_names = source.output_names
 
+        buffers: dict[str, Any] = {}  # input tensors allocated once, as a deployment keeps them
+
         def run(inputs: Arrays) -> Arrays:
-            args = [tvm.runtime.tensor(inputs[n], device) for n in names]
-            outs = main(*args, *params)
+            for n in names:
+                x = np.ascontiguousarray(inputs[n])
+                buf = buffers.get(n)
+                if buf is None or tuple(buf.shape) != x.shape or buf.dtype != str(x.dtype):
+                    buf = buffers[n] = tvm.runtime.empty(x.shape, str(x.dtype), device)
+                buf.copyfrom(x)
+            outs = main(*(buffers[n] for n in names), *params)
             return dict(zip(out_names, _to_numpy(outs)))
 
         lib_bytes = library_bytes(exe)
