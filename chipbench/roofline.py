@@ -109,15 +109,12 @@ def table(points: Iterable[Point], roof: Roof | None = None) -> str:
 def plot(roof: Roof, points: list[Point], path: Path, title: str = "Roofline",
          label_points: bool = True) -> list[Path]:
     """Log-log roofline with labelled points; writes `path` as .png and .svg, returns both."""
+    from chipbench import plots
+
     ceil = ceilings(roof)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ais = [p.intensity for p in points if p.intensity > 0] or [ceil.ridge]
     lo, hi = min(min(ais), ceil.ridge) / 4, max(max(ais), ceil.ridge) * 4
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plots.figure(8, 5.5)
     xs = [lo, ceil.ridge, hi]
     ax.plot(xs, [ceil.attainable(x) for x in xs], color="black", lw=2,
             label=f"{ceil.peak_gflops:.0f} GFLOP/s, {ceil.bandwidth_gbps:.1f} GB/s")
@@ -133,14 +130,7 @@ def plot(roof: Roof, points: list[Point], path: Path, title: str = "Roofline",
            ylabel="GFLOP/s", title=title, xlim=(lo, hi))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    for p in out:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    return out
+    return plots.save(fig, path)
 
 
 def benchmark_points(roof: Roof, bench_json: Path) -> dict[str, list[Point]]:

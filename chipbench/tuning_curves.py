@@ -68,12 +68,11 @@ def tuning_rows(records: list[RunRecord]) -> list[TuningRow]:
 def plot(rows: list[TuningRow], path: Path) -> list[Path]:
     """Latency relative to ONNX Runtime (as the tuner measured both) against minutes of
     tuning, one line per database; writes `path` as .png and .svg and returns both."""
-    import matplotlib
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from chipbench import plots
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plots.figure(8, 5)
     for row in rows:
         points = [p for p in row.curve if p.get("latency_ms") and p.get("tuning_s") is not None]
         if not points or not row.tuner_ort_ms:
@@ -87,15 +86,8 @@ def plot(rows: list[TuningRow], path: Path) -> list[Path]:
            title="What tuning buys: TVM latency against tuning time")
     low, high = ax.get_ylim()
     ax.set_yticks([t for t in RATIO_TICKS if low <= t <= high])
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _pos: f"{y:g}×"))
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}×"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = [path.with_suffix(".png"), path.with_suffix(".svg")]
-    for p in out:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    return out
+    return plots.save(fig, path)
