@@ -1,13 +1,13 @@
 """Apache TVM (Relax): ONNX → Relax → tvm.compile for the host CPU, run on the Relax VM.
 
 Weights stay VM parameters (`keep_params_in_input=True`): baking them in as constants makes
-the compiled library as large as the model and slows compilation. Without a MetaSchedule
-database the default CPU pipeline applies no schedules, so results say "untuned".
+the compiled library as large as the model and slows compilation. `tvm-llvm` applies no
+MetaSchedule database: the default CPU pipeline's schedules only, so results say "untuned".
+`tvm-llvm-tuned` (tvm_tuned.py) is the same backend with a database.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import tempfile
@@ -132,15 +132,6 @@ def load(exe: Any, weights: list, device: Any) -> tuple[Any, Any, list]:
     return vm, vm["main"], params
 
 
-def database_digest(database_dir: Path) -> str:
-    """sha256 over the database's record files (names and contents), for provenance."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(database_dir).glob("*.json")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def library_bytes(exe: Any) -> int:
     """Size of the compiled library as it would ship (exported shared object)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,7 +171,9 @@ class TvmLlvm:
             batches, key = calibration_of(spec)
             onnx_path = int8_model(onnx_path, batches, dict(key))
         mod, weights = import_onnx(onnx_path)
-        exe, pipeline = build(mod, target, spec.tuning_db, bool(spec.options.get("weight_prepack")))
+        # Plain tvm-llvm is untuned whatever --tuning-db says; tvm-llvm-tuned hands its database here.
+        database = spec.options.get("metaschedule_db")
+        exe, pipeline = build(mod, target, database, bool(spec.options.get("weight_prepack")))
         if spec.precision == "int8":
             pipeline += ", ORT QDQ int8 model (Q/DQ lowered literally: fp32 compute)"
         device = tvm.cpu()
@@ -209,7 +202,7 @@ class TvmLlvm:
             artifact_bytes=lib_bytes + param_bytes,
             target=str(target),
             pipeline=pipeline,
-            tuning_db=database_digest(spec.tuning_db) if spec.tuning_db else None,
+            tuning_db=None,  # tvm-llvm-tuned names the database it applied
             details={"library_bytes": lib_bytes, "param_bytes": param_bytes, "threads": threads},
         )
 

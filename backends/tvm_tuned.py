@@ -76,8 +76,8 @@ class TvmLlvmTuned(TvmLlvm):
             raise Unsupported(f"tuning database {folder} has a record for none of the {cov['tasks_found']} "
                               f"task(s) of {source.name} (made with another TVM?); run `chipbench tune` again")
 
-        options = {**spec.options, "weight_prepack": prepack}
-        compiled = super().compile(source, replace(spec, tuning_db=database, options=options))
+        options = {**spec.options, "metaschedule_db": database, "weight_prepack": prepack}
+        compiled = super().compile(source, replace(spec, options=options))
         meta = tuning.read_meta(folder)
         compiled.tuning_db = tuning.records_digest(database)
         compiled.pipeline = f"{compiled.pipeline} ({cov['tasks_applied']}/{cov['tasks_found']} tasks tuned)"

@@ -74,7 +74,7 @@ def run(
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds before a cell is killed.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     task_samples: Annotated[Optional[int], typer.Option("--task-samples", help="Test samples for the task metric (0: fidelity only).")] = None,
-    tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="MetaSchedule database for TVM.")] = None,
+    tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="Where tvm-llvm-tuned looks first for its MetaSchedule database.")] = None,
     results_dir: ResultsDir = Path("results"),
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report after the sweep.")] = True,
 ) -> None:

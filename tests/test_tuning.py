@@ -211,12 +211,15 @@ def test_cost_model_choice(monkeypatch):
 
 
 def test_report_shows_what_tuning_bought(tuned, tmp_path):
-    from test_cli import cli
+    from test_cli import cli, records
 
     model, results, _, _, second = tuned
     res = tmp_path / "res"
     cli("run", "--model", model, "-b", "ort-cpu,tvm-llvm,tvm-llvm-tuned", "--tuning-db", results / "tuning",
         "--min-duration", "0.05", "--min-count", "5", "--results-dir", res)
+    pipelines = {r["backend"]["name"]: r["backend"]["pipeline"] for r in records(res)}
+    assert pipelines["tvm-llvm"].endswith("(untuned)")  # --tuning-db is for tvm-llvm-tuned only
+    assert "weight prepack" in pipelines["tvm-llvm-tuned"]
     cli("report", "--results-dir", res)
     report = (res / "report.md").read_text()
     section = report.split("## TVM tuning: what it buys and what it costs", 1)[1].split("\n## ", 1)[0]
