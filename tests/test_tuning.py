@@ -230,3 +230,13 @@ def test_report_shows_what_tuning_bought(tuned, tmp_path):
     assert cells[11] in ("yes", "no") and (cells[12] == "never" or cells[12].replace(",", "").isdigit())
     assert "![tuning curves](tuning-curves.png)" in section and (res / "tuning-curves.png").stat().st_size > 0
     assert "TVM tuning: what it buys" in (res / "report.html").read_text()
+
+
+def test_shipped_databases_are_where_the_lookup_searches():
+    from chipbench import tuning
+
+    shipped = tuning.shipped_root()
+    assert shipped == Path(__file__).resolve().parents[1] / "results" / "tuned"
+    assert shipped in tuning.search_roots()
+    folders = tuning.candidate_folders([shipped], tuning.canonical_target('{"kind": "llvm", "mcpu": "znver4", "num-cores": 2}'))
+    assert folders and all(tuning.read_key(f) for f in folders)

@@ -29,7 +29,7 @@ class TuningError(Exception):
 
 def shipped_root() -> Path:
     """`results/tuned/` in the source tree: pre-tuned databases that ship with chipbench."""
-    return Path(__file__).resolve().parent.parent / "results" / "tuned"
+    return Path(__file__).resolve().parents[2] / "results" / "tuned"
 
 
 # --------------------------------------------------------------------------- keys and lookup
