@@ -53,15 +53,16 @@ def tuning_rows(records: list[RunRecord]) -> list[TuningRow]:
         untuned = medians.get(("tvm-llvm", *key(r)))
         ort = medians.get(("ort-cpu", *key(r)))
         search = d.get("search") or {}
-        rows.append(TuningRow(
-            workload=r.workload["name"], scenario=r.scenario["name"], batch=r.batch, trials=d.get("trials"), tuning_s=d.get("tuning_s"),
+        row = TuningRow(
+            workload=r.workload["name"], scenario=r.scenario["name"], batch=r.batch,
+            trials=d.get("trials"), tuning_s=d.get("tuning_s"),
             search=" / ".join(str(v) for v in (search.get("cost_model"), search.get("strategy")) if v),
             untuned_ms=untuned if untuned is not None else d.get("tuner_untuned_ms"),
             tuned_ms=r.latency["median"], ort_ms=ort if ort is not None else d.get("tuner_ort_ms"),
             measured_here=untuned is not None and ort is not None, curve=d.get("tuning_curve") or [],
-            tuner_ort_ms=d.get("tuner_ort_ms")))
-        row = rows[-1]
+            tuner_ort_ms=d.get("tuner_ort_ms"))
         row.break_even = break_even(row.untuned_ms, row.tuned_ms, row.tuning_s or 0.0, row.ort_ms) or {}
+        rows.append(row)
     return sorted(rows, key=lambda row: (row.workload, row.scenario, row.batch))
 
 
