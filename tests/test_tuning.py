@@ -240,3 +240,22 @@ def test_shipped_databases_are_where_the_lookup_searches():
     assert shipped in tuning.search_roots()
     folders = tuning.candidate_folders([shipped], tuning.canonical_target('{"kind": "llvm", "mcpu": "znver4", "num-cores": 2}'))
     assert folders and all(tuning.read_key(f) for f in folders)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xgboost") is None, reason="xgboost not installed (the tune extra)")
+def test_the_xgboost_cost_model_learns_across_rounds(tmp_path):
+    from tvm.s_tir import meta_schedule as ms
+
+    from chipbench.tuning import tune_onnx
+
+    model = two_layer(tmp_path / "two.onnx")
+    settings = {**FAST, "cost_model": "xgb"}
+    first = tune_onnx(model, 4, tmp_path, **settings)
+    learned = first.folder / "work" / "cost_model.tar"
+    xgb = ms.cost_model.XGBModel()
+    xgb.load(str(learned))
+    seen = xgb.data_size
+    assert seen >= 4
+    second = tune_onnx(model, 8, tmp_path, **settings)  # a new round: its worker starts from what the first learned
+    xgb.load(str(learned))
+    assert xgb.data_size >= seen + (second.trials - first.trials)

@@ -11,7 +11,8 @@ A tuning database is a folder
                                         or kernel case), trials, tuning seconds, rounds, tasks,
                                         failed tasks, break-even
         curve.json                      [(trials, tuning seconds, latency ms), ...] per round
-        work/                           worker logs, MetaSchedule logs, inputs (never shipped)
+        work/                           worker logs, MetaSchedule logs, inputs, the XGBoost cost
+                                        model carried across rounds (never shipped)
 
 `<root>` is `RESULTS_DIR/tuning` for `chipbench tune`, and `results/tuned` in the repository
 for shipped, pre-tuned databases (like TVM's old TopHub: records per target). The folder

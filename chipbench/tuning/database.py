@@ -17,6 +17,7 @@ LEGACY_KEY_FORMAT = 2  # before weight prepacking: no "weight_prepack" field, bu
 KEY_FILE = "key.json"
 META_FILE = "meta.json"
 CURVE_FILE = "curve.json"
+COST_MODEL_FILE = "cost_model.tar"  # XGBoost model and its training data, carried from round to round
 RECORD_FILES = ("database_workload.json", "database_tuning_record.json")
 SHIPPED_FILES = (KEY_FILE, *(f"{n}.gz" for n in RECORD_FILES), META_FILE, CURVE_FILE)  # as in results/tuned
 TUNING_SUBDIR = "tuning"  # RESULTS_DIR/tuning

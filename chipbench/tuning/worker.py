@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chipbench.tuning.database import COST_MODEL_FILE
 from chipbench.tuning.pool import ProcessPool, make_builder_runner
 from chipbench.tuning.tasks import build_without_gpu_intrinsics, coverage, extract, fuse_for_tuning, load_cpu_intrinsics
 
@@ -134,6 +135,9 @@ def _tune_tasks(chosen: list, target: Any, database: Any, job: dict, trials: int
         builder, runner = make_builder_runner(int(job.get("builders") or cores), float(job["builder_timeout_s"]),
                                                float(job["runner_timeout_s"]))
     cost_model = ms.cost_model.CostModel.create(job["cost_model"], num_tuning_cores=cores, tree_method="auto")
+    learned = work / COST_MODEL_FILE
+    if job["cost_model"] == "xgb" and learned.is_file():
+        cost_model.load(str(learned))  # what earlier rounds measured: a round must not start blind
     try:
         ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work), max_trials_global=trials,
                       num_trials_per_iter=per_iter, builder=builder, runner=runner, database=database,
@@ -142,6 +146,10 @@ def _tune_tasks(chosen: list, target: Any, database: Any, job: dict, trials: int
         for pooled in (builder, runner):
             if hasattr(pooled, "pool") and isinstance(pooled.pool, ProcessPool):
                 pooled.pool.close()
+        if job["cost_model"] == "xgb" and cost_model.booster is not None:
+            partial = learned.with_suffix(".partial.tar")
+            cost_model.save(str(partial))
+            os.replace(partial, learned)
 
 
 def _abort(_sch: Any) -> None:
