@@ -329,10 +329,11 @@ def tune(
     batch: Annotated[int, typer.Option("--batch")] = 1,
     cost_model: Annotated[str, typer.Option("--cost-model", help="auto (xgb when installed), random, xgb, mlp.")] = "auto",
     strategy: Annotated[str, typer.Option("--strategy", help="evolutionary-lite, evolutionary, replay-trace.")] = "evolutionary-lite",
+    ship: Annotated[bool, typer.Option("--ship", help="Then copy the database, pruned to the best record per task, into results/tuned/.")] = False,
     results_dir: ResultsDir = Path("results"),
 ) -> None:
     """MetaSchedule tuning for this CPU into a persistent, resumable database (used by tvm-llvm-tuned)."""
-    from chipbench.tuning import TuningError, tune as do_tune
+    from chipbench.tuning import TuningError, ship as ship_database, tune as do_tune
 
     if (workload is None) == (kernel is None):
         fail("give exactly one of -w WORKLOAD or -k KERNEL")
@@ -343,6 +344,8 @@ def tune(
         fail(str(exc))
     for line in result.summary():
         print(line)
+    if ship:
+        print(f"shipped: {ship_database(result.folder)}")
 
 
 def main() -> None:
