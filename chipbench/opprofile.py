@@ -537,15 +537,16 @@ def profile_tvm(onnx_path: Path, inputs: dict, input_names: Sequence[str], runs:
     import numpy as np
     import tvm
 
-    from chipbench.backends.tvm import build, host_target, import_onnx, load
+    from chipbench.backends.tvm import build, host_target, import_onnx, load, use_all_cores
     from chipbench.tuning import read_key, weight_prepack
 
-    threads = threads or _default_threads()
+    threads = use_all_cores(threads or _default_threads())  # as the backend runs, not half the cores
     name = "tvm-llvm" if tuning_db is None else "tvm-llvm-tuned"
     target = host_target(threads)
     mod, weights = import_onnx(Path(onnx_path))
-    exe, pipeline = build(mod, target, tuning_db, tuning_db is not None and weight_prepack(read_key(tuning_db)))
-    tir_flops = _tir_flops(mod, target, tuned=tuning_db is not None)
+    prepack = tuning_db is not None and weight_prepack(read_key(tuning_db))
+    exe, pipeline = build(mod, target, tuning_db, prepack)
+    tir_flops = _tir_flops(mod, target, tuned=tuning_db is not None, weight_prepack=prepack)
     dev = tvm.cpu()
     vm, main, params = load(exe, weights, dev)
     args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[n]), dev) for n in input_names]
@@ -589,7 +590,7 @@ def profile_tvm(onnx_path: Path, inputs: dict, input_names: Sequence[str], runs:
     ops = []
     missing = []
     for symbol, times in per_func.items():
-        flops = tir_flops.get(symbol)
+        flops = tir_flops.get(symbol.removesuffix(PREPACKED))
         if flops is None:
             missing.append(symbol)
         ops.append(OpTime(
@@ -638,7 +639,7 @@ def _nbytes(arg: Any) -> int:
     return math.prod(int(s) for s in shape) * np.dtype(str(dtype)).itemsize
 
 
-def _tir_flops(mod: Any, target: Any, tuned: bool) -> dict[str, float]:
+def _tir_flops(mod: Any, target: Any, tuned: bool, weight_prepack: bool = False) -> dict[str, float]:
     """FLOPs per PrimFunc (TVM's estimate_tir_flops) of the module the build lowers, by name."""
     import tvm
     from tvm import relax
@@ -647,7 +648,7 @@ def _tir_flops(mod: Any, target: Any, tuned: bool) -> dict[str, float]:
     from chipbench.backends.tvm import fuse
 
     if tuned:  # the library dispatch and fusion the tuned build runs first (same names)
-        lowered = fuse(mod, target)
+        lowered = fuse(mod, target, weight_prepack)
     else:
         with target:
             lowered = relax.get_pipeline("default")(mod)
@@ -679,11 +680,15 @@ def _relax_op_vocabulary() -> frozenset[str]:
     return frozenset(names)
 
 
+PREPACKED = "_prepacked"  # SplitLayoutRewritePreproc's name for a kernel that reads prepacked weights
+
+
 def tvm_op_types(symbol: str) -> list[str]:
     """Relax op names a PrimFunc symbol carries: "fused_conv1d1_add1_relu1" -> [conv1d, add, relu];
     "max_pool1d3" -> [max_pool1d]. Unknown parts are kept (digits stripped)."""
     vocab = _relax_op_vocabulary()
-    name = symbol[len("fused_"):] if symbol.startswith("fused_") else symbol
+    name = symbol.removesuffix(PREPACKED)
+    name = name[len("fused_"):] if name.startswith("fused_") else name
     tokens = [t for t in name.split("_") if t]
     out, i = [], 0
     while i < len(tokens):

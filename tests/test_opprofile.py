@@ -85,6 +85,7 @@ def test_tvm_symbol_names_to_op_types():
     assert tvm_op_types("fused_conv1d1_add1_relu1") == ["conv1d", "add", "relu"]
     assert tvm_op_types("fused_conv2d_add_relu") == ["conv2d", "add", "relu"]
     assert tvm_op_types("max_pool1d3") == ["max_pool1d"]
+    assert tvm_op_types("fused_conv2d6_add5_relu31_prepacked") == ["conv2d", "add", "relu"]
     assert tvm_op_types("layer_norm2") == ["layer_norm"]
     assert tvm_op_types("matmul") == ["matmul"]
     assert tvm_op_types("fused_matmul1_add6") == ["matmul", "add"]
