@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 
 from pathlib import Path
 
 from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
                                      register, require_precision)
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0))
+from chipbench.machine import usable_cores
 
 
 @register("ort-cpu")
@@ -38,7 +34,7 @@ class OrtCpu:
         start = time.perf_counter()
         model_path = _model_for(source.onnx_path, spec)
         convert_s = time.perf_counter() - start
-        threads = spec.threads or default_threads()
+        threads = spec.threads or usable_cores()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

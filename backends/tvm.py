@@ -19,6 +19,7 @@ import numpy as np
 
 from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
                                      register, require_precision)
+from chipbench.machine import usable_cores
 
 
 def host_target(threads: int | None = None) -> Any:
@@ -26,7 +27,7 @@ def host_target(threads: int | None = None) -> Any:
     import tvm
     from tvm.target import codegen
 
-    cores = threads or len(os.sched_getaffinity(0))
+    cores = threads or usable_cores()
     return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
 
 
@@ -34,7 +35,7 @@ def use_all_cores(threads: int | None = None) -> int:
     """TVM's CPU runtime starts half as many threads as the OS has CPUs on x86 (it assumes SMT
     pairs): one thread on a 2-vCPU VM. Ask for every usable core (or `threads`) unless the user
     set TVM_NUM_THREADS; this must happen before the thread pool's first parallel call."""
-    os.environ.setdefault("TVM_NUM_THREADS", str(threads or len(os.sched_getaffinity(0))))
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads or usable_cores()))
     return int(os.environ["TVM_NUM_THREADS"])
 
 

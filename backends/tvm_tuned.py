@@ -59,7 +59,7 @@ class TvmLlvmTuned(TvmLlvm):
         import tvm
 
         from chipbench import tuning
-        from chipbench.backends.tvm import import_onnx
+        from chipbench.backends.tvm import fuse, import_onnx
 
         require_precision(self, spec)  # fp32: databases are tuned for the fp32 model
         folder, sha, target = self.locate(source, spec)
@@ -70,7 +70,7 @@ class TvmLlvmTuned(TvmLlvm):
         tuning.load_cpu_intrinsics()  # records may replay x86 tensorize steps
         mod, _ = import_onnx(source.onnx_path)
         tvm_target = tvm.target.Target(target)
-        cov = tuning.coverage(tuning.fuse_for_tuning(mod, tvm_target, prepack), tvm_target, database)
+        cov = tuning.coverage(fuse(mod, tvm_target, prepack), tvm_target, database)
         check_s = time.perf_counter() - start
         if cov["tasks_with_record"] == 0:
             raise Unsupported(f"tuning database {folder} has a record for none of the {cov['tasks_found']} "

@@ -17,6 +17,13 @@ _ISA_FLAGS = (
 )
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cpuinfo() -> dict[str, str]:
     """The first processor's fields from /proc/cpuinfo (empty where there is none)."""
     info: dict[str, str] = {}
@@ -42,7 +49,7 @@ def machine_info() -> dict:
         "hostname": platform.node(),
         "cpu_model": cpu.get("model name") or platform.processor() or platform.machine(),
         "arch": platform.machine(),
-        "cores": len(os.sched_getaffinity(0)),
+        "cores": usable_cores(),
         "physical_cores": psutil.cpu_count(logical=False),
         "isa": [f for f in _ISA_FLAGS if f in flags],
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),

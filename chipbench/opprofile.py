@@ -47,6 +47,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from chipbench.machine import usable_cores
+
 BACKENDS = ("ort-cpu", "tvm-llvm", "tvm-llvm-tuned")
 
 # coarse families so ORT and TVM rows can be compared (first matching op type wins)
@@ -153,7 +155,7 @@ def profile(workload_name: str, backend: str, batch: int = 1, runs: int = 10,
         raise OpProfileError(f"per-op profiles run the FP32 model, not {precision}")
     workload = get_workload(workload_name, **(workload_params or {}))
     prepared = prepare_workload(workload, batch, seed)
-    threads = threads or _default_threads()
+    threads = threads or usable_cores()
     if backend == "ort-cpu":
         prof = profile_ort(prepared.source.onnx_path, prepared.inputs, runs=runs, warmup=warmup,
                            threads=threads)
@@ -210,12 +212,6 @@ def roofline_points(prof: OpProfile | Sequence[OpTime], device: Any, precision: 
             for o in ops if o.flops and o.bytes and o.time_ms > 0]
 
 
-def _default_threads() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
-
-
 def _finish(ops: list[OpTime]) -> list[OpTime]:
     """Shares, derived rates and categories; slowest first."""
     total = sum(o.time_ms for o in ops) or 1.0
@@ -253,7 +249,7 @@ def profile_ort(onnx_path: Path, inputs: dict, runs: int = 10, warmup: int = 3,
     import onnx
     import onnxruntime as ort
 
-    threads = threads or _default_threads()
+    threads = threads or usable_cores()
     with tempfile.TemporaryDirectory(prefix="chipbench-ortprof-") as tmp:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -540,7 +536,7 @@ def profile_tvm(onnx_path: Path, inputs: dict, input_names: Sequence[str], runs:
     from chipbench.backends.tvm import build, host_target, import_onnx, load, use_all_cores
     from chipbench.tuning import read_key, weight_prepack
 
-    threads = use_all_cores(threads or _default_threads())  # as the backend runs, not half the cores
+    threads = use_all_cores(threads or usable_cores())  # as the backend runs, not half the cores
     name = "tvm-llvm" if tuning_db is None else "tvm-llvm-tuned"
     target = host_target(threads)
     mod, weights = import_onnx(Path(onnx_path))

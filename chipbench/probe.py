@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from chipbench.machine import cpuinfo
+from chipbench.machine import cpuinfo, usable_cores
 from chipbench.paths import atomic_write_text
 
 # Instructions that make a precision native (not emulated) on x86; without them we skip it.
@@ -85,7 +85,7 @@ def read_machine() -> Machine:
         pass
     return Machine(
         cpu=info.get("model name") or platform.processor() or platform.machine(),
-        cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        cores=usable_cores(),
         arch=platform.machine(),
         flags=tuple(sorted(flags & keep)),
         mhz=mhz,

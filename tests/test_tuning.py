@@ -53,13 +53,13 @@ FAST = dict(strategy="replay-trace", cost_model="random", trials_per_iter=4, bui
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    from chipbench.backends.tvm import host_target, import_onnx
-    from chipbench.tuning import extract, fuse_for_tuning, tune_onnx
+    from chipbench.backends.tvm import fuse, host_target, import_onnx
+    from chipbench.tuning import extract, tune_onnx
 
     results = tmp_path_factory.mktemp("results")
     model = two_layer(results / "two.onnx")
     target = host_target()
-    tasks = [t.task_name for t in extract(fuse_for_tuning(import_onnx(model)[0], target, True), target)]
+    tasks = [t.task_name for t in extract(fuse(import_onnx(model)[0], target, True), target)]
     crashing = next(name for name in tasks if name.startswith("matmul"))  # the bare second MatMul
     # That task aborts its worker while MetaSchedule initialises it.
     first = tune_onnx(model, 4, results, crash_tasks=[crashing], **FAST)

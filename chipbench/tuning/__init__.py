@@ -51,14 +51,13 @@ from chipbench.tuning.database import (CURVE_FILE, ENV_DIRS, KEY_FILE, KEY_FORMA
                                        search_roots, ship, shipped_root, target_slug, unpacked, weight_prepack)
 from chipbench.tuning.session import (COST_MODELS, STRATEGIES, TuneResult, break_even, onnx_inputs,
                                       resolve_cost_model, tune, tune_onnx)
-from chipbench.tuning.tasks import (build_without_gpu_intrinsics, coverage, extract, fuse_for_tuning,
-                                    load_cpu_intrinsics)
+from chipbench.tuning.tasks import build_without_gpu_intrinsics, coverage, extract, load_cpu_intrinsics
 
 __all__ = [
     "COST_MODELS", "CURVE_FILE", "ENV_DIRS", "KEY_FILE", "KEY_FORMAT", "LEGACY_KEY_FORMAT", "META_FILE",
     "RECORD_FILES", "SHIPPED_FILES", "STRATEGIES", "TUNING_SUBDIR", "TuneResult", "TuningError", "break_even",
     "build_without_gpu_intrinsics", "candidate_folders", "canonical_target", "coverage", "database_folder",
-    "database_key", "extract", "find_database", "fuse_for_tuning", "graph_sha256", "key_matches",
+    "database_key", "extract", "find_database", "graph_sha256", "key_matches",
     "load_cpu_intrinsics", "onnx_inputs", "read_curve", "read_key", "read_meta", "record_count", "records_digest",
     "resolve_cost_model", "search_roots", "ship", "shipped_root", "target_slug", "tune", "tune_onnx", "unpacked",
     "weight_prepack",

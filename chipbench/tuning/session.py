@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -12,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chipbench.machine import usable_cores
 from chipbench.tuning.database import (KEY_FILE, META_FILE, TUNING_SUBDIR, TuningError, canonical_target,
                                        database_folder, database_key, graph_sha256, now, read_curve, read_key,
                                        read_meta, record_count, write_json)
@@ -170,7 +170,7 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
     persist; calling again with a larger `trials` goes on from there.
 
     model: what the model is, kept in meta.json (default {"kind": "onnx", "name": stem});
-    its "name" labels the folder. The key itself is (graph_sha256, target).
+    its "name" labels the folder. The key itself is (graph_sha256, target, weight_prepack).
     inputs: arrays for latency measurement (default: seeded from the ONNX input shapes).
     cost_model: "auto" (the default: "xgb" when xgboost is installed, as by the `tune` extra,
     else "random"), "random" (no dependency), "xgb" (needs xgboost), "mlp" (torch;
@@ -355,7 +355,7 @@ def _sha256_file(path: Path) -> str:
 
 
 def _cores(threads: int | None) -> int:
-    return threads or len(os.sched_getaffinity(0))
+    return threads or usable_cores()
 
 
 def _tvm_version() -> str | None:

@@ -1,5 +1,5 @@
-"""The TVM side of tuning: the fused module tasks come from, task extraction, and whether a
-database covers (and a build applies) every task."""
+"""The TVM side of tuning: task extraction from the fused module (`backends.tvm.fuse`), and
+whether a database covers (and a build applies) every task."""
 from __future__ import annotations
 
 import sys
@@ -42,14 +42,6 @@ def build_without_gpu_intrinsics(mod: Any, target: Any, _params: Any) -> Any:
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm_build(mod, target=target)
-
-
-def fuse_for_tuning(mod: Any, target: Any, weight_prepack: bool = False) -> Any:
-    """The module `backends.tvm.build` applies a database to: tasks are extracted from this,
-    so their keys match the build."""
-    from chipbench.backends.tvm import fuse
-
-    return fuse(mod, target, weight_prepack)
 
 
 def extract(fused: Any, target: Any) -> list[Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from chipbench.tuning.database import COST_MODEL_FILE
 from chipbench.tuning.pool import ProcessPool, make_builder_runner
-from chipbench.tuning.tasks import build_without_gpu_intrinsics, coverage, extract, fuse_for_tuning, load_cpu_intrinsics
+from chipbench.tuning.tasks import build_without_gpu_intrinsics, coverage, extract, load_cpu_intrinsics
 
 
 def run_round(job: dict, out_path: Path) -> None:
@@ -30,13 +30,13 @@ def run_round(job: dict, out_path: Path) -> None:
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from chipbench.backends.tvm import import_onnx
+    from chipbench.backends.tvm import fuse, import_onnx
 
     folder = Path(job["folder"])
     target = tvm.target.Target(job["target"])
     mod, weights = import_onnx(Path(job["onnx"]))
     prepack = bool(job.get("weight_prepack", False))
-    fused = fuse_for_tuning(mod, target, prepack)
+    fused = fuse(mod, target, prepack)  # what build() applies the database to: task keys match
     tasks = extract(fused, target)
     out["tasks"] = [{"name": t.task_name, "weight": int(t.weight)} for t in tasks]
     with np.load(job["inputs"]) as data:
@@ -117,7 +117,7 @@ def _tune_tasks(chosen: list, target: Any, database: Any, job: dict, trials: int
     for i, (task, logger) in enumerate(zip(chosen, loggers)):
         space: Any = "post-order-apply"
         strategy: Any = job["strategy"]
-        if strategy == "evolutionary-lite":  # a cheaper search, when the cost model is random anyway
+        if strategy == "evolutionary-lite":  # cheaper than the default population 512, 4 generations
             strategy = ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=16,
                                                              genetic_num_iters=2)
         if task.task_name in job.get("crash_tasks", []):
