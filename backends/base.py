@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from chipbench.device import Device
 from chipbench.plugins import load_plugins
 
 Arrays = dict[str, np.ndarray]
@@ -55,9 +56,13 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class CompileSpec:
+    """What to build: precision, batch, the device it will run on and, for cross-compilation,
+    an explicit target (backend-specific, e.g. a TVM target string or JSON)."""
+
     precision: str = "fp32"
     batch: int = 1
-    target: str | None = None  # backend-specific override (e.g. a TVM target JSON)
+    device: Device = field(default_factory=Device)
+    target: str | None = None  # overrides the target derived from `device`
     options: Mapping[str, Any] = field(default_factory=dict)
     tuning_db: Path | None = None  # MetaSchedule database directory
     threads: int | None = None
@@ -69,7 +74,19 @@ class CompileSpec:
 
 @dataclass
 class Compiled:
-    """A model ready to run. `run` blocks until outputs are on the host."""
+    """A model ready to run. `run` blocks until outputs are on the host.
+
+    Optional capabilities (None where the backend has none):
+    - `device`: what the device it runs on reports (name, memory, driver, compute capability,
+      clocks for a GPU; what a remote server reports for an RPC board); the harness describes
+      the host CPU when it is empty.
+    - `timer(inputs, n)`: runs `n` queries on the device and returns each one's latency in
+      seconds as the device measured it (CUDA events, TVM `time_evaluator`), for devices where
+      a host clock would time the transfer or the network instead.
+    - `profile(inputs, runs)`: a per-operator breakdown (`chipbench.opprofile.OpProfile`).
+    - `export(folder)`: writes what a runtime-only runner needs into `folder` and returns the
+      manifest entries (`runtime`: the module that loads it, `files`: what it wrote).
+    """
 
     run: Callable[[Arrays], Arrays]
     compile_s: float
@@ -79,6 +96,10 @@ class Compiled:
     tuning_db: str | None = None  # description/hash of the tuning records used, None = untuned
     details: dict[str, Any] = field(default_factory=dict)  # threads, providers, op coverage...
     close: Callable[[], None] | None = None
+    device: dict[str, Any] = field(default_factory=dict)
+    timer: Callable[[Arrays, int], list[float]] | None = None
+    profile: Callable[[Arrays, int], Any] | None = None
+    export: Callable[[Path], dict[str, Any]] | None = None
 
 
 @runtime_checkable
@@ -86,6 +107,7 @@ class Backend(Protocol):
     name: str
     description: str
     precisions: tuple[str, ...]
+    devices: tuple[str, ...]  # device kinds it runs on (chipbench.device.KINDS); the first is its default
 
     def available(self) -> tuple[bool, str]:
         """Cheap check (no heavy imports): can this backend run here, and if not, why not."""

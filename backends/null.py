@@ -9,6 +9,7 @@ from chipbench.backends.base import Arrays, Compiled, CompileSpec, ModelSource, 
 class NullBackend:
     description = "returns the reference outputs; measures harness overhead"
     precisions = ("fp32", "fp16", "bf16", "int8")
+    devices = ("cpu",)
 
     def available(self) -> tuple[bool, str]:
         return True, ""

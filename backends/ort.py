@@ -16,6 +16,7 @@ from chipbench.machine import usable_cores
 class OrtCpu:
     description = "ONNX Runtime, CPU execution provider"
     precisions = ("fp32", "fp16", "int8")
+    devices = ("cpu",)
 
     def available(self) -> tuple[bool, str]:
         if importlib.util.find_spec("onnxruntime") is None:

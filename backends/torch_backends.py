@@ -14,6 +14,7 @@ _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 class _TorchBase:
     precisions = ("fp32", "fp16", "bf16")
+    devices = ("cpu",)
     compiled_mode = False
 
     def available(self) -> tuple[bool, str]:

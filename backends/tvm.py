@@ -147,6 +147,7 @@ class TvmLlvm:
     # int8 runs ONNX Runtime's QDQ-quantized model; TVM lowers its Q/DQ pairs literally, so the
     # arithmetic stays fp32 between them (int8 accuracy, no int8 speed): the pipeline says so.
     precisions = ("fp32", "int8")
+    devices = ("cpu",)
 
     def available(self) -> tuple[bool, str]:
         if importlib.util.find_spec("tvm") is None:

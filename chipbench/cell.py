@@ -17,11 +17,12 @@ import numpy as np
 from chipbench.accuracy import check, fidelity
 from chipbench.backends.base import Arrays, Compiled, CompileSpec, Unsupported, get_backend
 from chipbench.byo import ModelError, prepare_model
+from chipbench.device import Device, DeviceError, default_device, supported_kinds
 from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
 from chipbench.prepare import PrepareError, Prepared, prepare_workload, sha256_file
 from chipbench.record import RunRecord
-from chipbench.scenarios import batch_for, measure
+from chipbench.scenarios import batch_for, measure, measure_on_device
 from chipbench.stats import LatencyStats
 from chipbench.suite import Cell
 from chipbench.taskeval import calibration_for, task_accuracy
@@ -55,6 +56,14 @@ def base_record(cell: Cell, status: str, reason: str | None = None, **extra) -> 
         },
         **extra,
     )
+
+
+def describe_device(device: Device, compiled: Compiled) -> dict:
+    """The device a cell ran on, as the backend reports it (the host CPU when it reports nothing)."""
+    if compiled.device:
+        return {"kind": device.kind, "id": str(device), **compiled.device}
+    m = machine_info()
+    return {"kind": device.kind, "id": str(device), "name": m["cpu_model"], "cores": m["cores"]}
 
 
 def describe_workload(cell: Cell) -> dict:
@@ -163,6 +172,13 @@ def execute(cell: Cell) -> RunRecord:
     backend_info = {"name": cell.backend, "versions": backend.versions() if ok else {}}
     if not ok:
         return base_record(cell, "skipped", f"{cell.backend} unavailable: {why}", backend=backend_info)
+    try:
+        device = Device.parse(cell.device) if cell.device else default_device(backend)
+    except DeviceError as exc:
+        return base_record(cell, "failed", str(exc), backend=backend_info)
+    if device.kind not in supported_kinds(backend):
+        return base_record(cell, "unsupported", f"{cell.backend} runs on {', '.join(supported_kinds(backend))}, "
+                           f"not {device}", backend=backend_info)
 
     batch = batch_for(cell.scenario, cell.batch, cell.settings)
     try:
@@ -175,7 +191,7 @@ def execute(cell: Cell) -> RunRecord:
     ops = onnx_ops(prepared.source.onnx_path) if not cell.backend.startswith("torch") else None
 
     spec = CompileSpec(
-        precision=cell.precision, batch=batch, threads=cell.threads,
+        precision=cell.precision, batch=batch, threads=cell.threads, device=device, target=cell.target,
         tuning_db=Path(cell.tuning_db) if cell.tuning_db else None,
         example_inputs=prepared.inputs, reference_outputs=prepared.reference,
         calibration=prep.calibration[0] if prep.calibration else None,
@@ -192,6 +208,7 @@ def execute(cell: Cell) -> RunRecord:
     backend_info.update(target=compiled.target, pipeline=compiled.pipeline,
                         tuning_db=compiled.tuning_db, details=compiled.details)
     compile_info = {"seconds": compiled.compile_s, "artifact_bytes": compiled.artifact_bytes}
+    provenance["device"] = describe_device(device, compiled)
     try:
         return _measure(cell, prep, compiled, backend_info, compile_info, provenance,
                         coverage(ops, "ran") if ops else None)
@@ -218,7 +235,11 @@ def _measure(cell, prep: Preparation, compiled: Compiled, backend_info, compile_
                 "task": task}
 
     run = compiled.run
-    m = measure(lambda: run(inputs), cell.settings)
+    if compiled.timer is not None:  # the device's own clock: transfers and network stay outside
+        timer = compiled.timer
+        m = measure_on_device(lambda n: timer(inputs, n), cell.settings)
+    else:
+        m = measure(lambda: run(inputs), cell.settings)
     stats = LatencyStats.from_samples(m.samples_s, seed=cell.seed)
     batch = next(iter(inputs.values())).shape[0] if inputs else 1
     throughput = {"value": batch * len(m.samples_s) / float(np.sum(m.samples_s)), "unit": "samples/s"}

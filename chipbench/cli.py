@@ -75,6 +75,8 @@ def run(
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     task_samples: Annotated[Optional[int], typer.Option("--task-samples", help="Test samples for the task metric (0: fidelity only).")] = None,
     tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="Where tvm-llvm-tuned looks first for its MetaSchedule database.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda[:N] or rpc://HOST:PORT/KEY (default: each backend's own).")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="Compile for this target (e.g. a TVM target string) instead of the device's own.")] = None,
     results_dir: ResultsDir = Path("results"),
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report after the sweep.")] = True,
 ) -> None:
@@ -96,7 +98,8 @@ def run(
         if suite is not None and (scenario or precision):
             fail("--scenario/--precision go with -w/-b; a suite names its own")
         cells = with_overrides(cells, batch=batch, min_duration_s=min_duration, min_count=min_count,
-                               timeout_s=timeout, seed=seed, task_samples=task_samples, tuning_db=str(tuning_db) if tuning_db else None)
+                               timeout_s=timeout, seed=seed, task_samples=task_samples, tuning_db=str(tuning_db) if tuning_db else None,
+                               device=device, target=target)
     except SuiteError as exc:
         fail(str(exc))
     _check_names(cells)
@@ -145,8 +148,15 @@ def _check_names(cells) -> None:
     from chipbench.backends.base import backend_names
     from chipbench.workloads.base import workload_names
 
+    from chipbench.device import Device, DeviceError
+
     known_w, known_b = set(workload_names()), set(backend_names())
     for cell in cells:
+        if cell.device:
+            try:
+                Device.parse(cell.device)
+            except DeviceError as exc:
+                fail(str(exc))
         if cell.workload not in known_w and not (cell.model or cell.kernel):
             fail(f"unknown workload '{cell.workload}' (known: {', '.join(sorted(known_w))})")
         if cell.backend not in known_b:

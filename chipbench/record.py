@@ -62,7 +62,8 @@ def record_id(rec: RunRecord) -> str:
         "batch": rec.batch,
         "scenario": rec.scenario,
         "provenance": {k: rec.provenance.get(k) for k in
-                       ("onnx_sha256", "exporter", "opset", "libraries", "machine", "git_commit", "seed", "config")},
+                       ("onnx_sha256", "exporter", "opset", "libraries", "machine", "device", "git_commit", "seed",
+                        "config")},
     }
     text = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

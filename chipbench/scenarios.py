@@ -65,6 +65,34 @@ def measure(query: Callable[[], object], settings: MeasureSettings) -> Measureme
     return Measurement(samples, now - begin, note)
 
 
+def measure_on_device(timer: Callable[[int], list[float]], settings: MeasureSettings) -> Measurement:
+    """`measure` with the device's own clock: `timer(n)` runs `n` queries back to back on the
+    device and returns each one's seconds (CUDA events, TVM `time_evaluator`). Warm-up is
+    `warmup_count` queries; the minimum duration counts device time; `max_duration_s` bounds
+    the wall time, which includes what the device does not time (transfers, the network)."""
+    clock = time.perf_counter
+    timer(max(settings.warmup_count, 1))
+    samples: list[float] = []
+    begin = clock()
+    chunk = 1
+    note = None
+    while True:
+        samples.extend(timer(chunk))
+        measured = sum(samples)
+        if (measured >= settings.min_duration_s and len(samples) >= settings.min_count) \
+                or len(samples) >= settings.max_count:
+            break
+        if clock() - begin >= settings.max_duration_s and len(samples) >= 3:
+            note = (f"stopped at max_duration_s={settings.max_duration_s:g} with "
+                    f"{len(samples)} < min_count={settings.min_count} samples")
+            break
+        # grow the batch of queries per round trip, never past what the minimums still need
+        per_query = measured / len(samples) if measured > 0 else 1e-6
+        need = max(settings.min_count - len(samples), int((settings.min_duration_s - measured) / per_query) + 1, 1)
+        chunk = min(chunk * 2, need, settings.max_count - len(samples), 1000)
+    return Measurement(samples, clock() - begin, note)
+
+
 def batch_for(scenario: str, batch: int | None, settings: MeasureSettings) -> int:
     if scenario == "single-stream":
         return 1

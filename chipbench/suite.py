@@ -35,6 +35,8 @@ class Cell:
     inputs: tuple[str, ...] = ()  # NAME:SHAPE[:DTYPE] for a model's dynamic inputs
     input_data: str | None = None  # arrays to feed the model (.npz, .npy, .pb, test-data folder)
     expected: str | None = None  # the model's expected outputs on input_data
+    device: str | None = None  # cpu, cuda[:N], rpc://HOST:PORT/KEY; None: the backend's own default
+    target: str | None = None  # compile for this target instead of the device's own (cross-compilation)
     settings: MeasureSettings = field(default_factory=MeasureSettings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,7 +51,8 @@ class Cell:
 
     def label(self) -> str:
         batch = f" b{self.batch}" if self.scenario == "offline" and self.batch else ""
-        return f"{self.workload} × {self.backend} [{self.precision}, {self.scenario}{batch}]"
+        device = f" @ {self.device}" if self.device else ""
+        return f"{self.workload} × {self.backend}{device} [{self.precision}, {self.scenario}{batch}]"
 
 
 _CELL_KEYS = {f.name for f in fields(Cell)} - {"settings"}
