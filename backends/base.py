@@ -29,9 +29,18 @@ class Unsupported(Exception):
         self.ops = tuple(ops)
 
 
-def require_precision(backend: Backend, spec: CompileSpec) -> None:
+def require_precision(backend: Backend, spec: CompileSpec, source: ModelSource | None = None) -> None:
+    """Unsupported unless the backend can run `spec.precision`: a graph is always run in the
+    precision it already computes in (`source.precision`); other precisions are conversions."""
+    if source is not None and spec.precision == source.precision:
+        return
     if spec.precision not in backend.precisions:
         raise Unsupported(f"{backend.name} runs {', '.join(backend.precisions)}, not {spec.precision}")
+
+
+def converts(spec: CompileSpec, source: ModelSource) -> bool:
+    """Whether the graph must be converted to `spec.precision` (it computes in another one)."""
+    return spec.precision != source.precision
 
 
 def calibration_of(spec: CompileSpec) -> tuple[Callable[[], list[Arrays]], Mapping[str, Any]]:
@@ -49,6 +58,7 @@ class ModelSource:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     build_torch: Callable[[], Any] | None = None  # returns an eval-mode torch.nn.Module
+    precision: str = "fp32"  # what the graph computes in as given (a foreign fp16 model: fp16)
 
     def onnx_bytes(self) -> int:
         return self.onnx_path.stat().st_size
@@ -108,6 +118,7 @@ class Backend(Protocol):
     description: str
     precisions: tuple[str, ...]
     devices: tuple[str, ...]  # device kinds it runs on (chipbench.device.KINDS); the first is its default
+    # Optional: `runs_onnx = False` for backends that run the torch model (no ONNX operator coverage).
 
     def available(self) -> tuple[bool, str]:
         """Cheap check (no heavy imports): can this backend run here, and if not, why not."""

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
-                                     register, require_precision)
+                                     converts, register, require_precision)
 from chipbench.machine import usable_cores
 
 
@@ -31,9 +31,9 @@ class OrtCpu:
     def compile(self, source: ModelSource, spec: CompileSpec) -> Compiled:
         import onnxruntime as ort
 
-        require_precision(self, spec)
+        require_precision(self, spec, source)
         start = time.perf_counter()
-        model_path = _model_for(source.onnx_path, spec)
+        model_path = _model_for(source, spec)
         convert_s = time.perf_counter() - start
         threads = spec.threads or usable_cores()
         opts = ort.SessionOptions()
@@ -58,15 +58,19 @@ class OrtCpu:
             compile_s=compile_s,
             artifact_bytes=model_path.stat().st_size,
             target="cpu",
-            pipeline="ORT_ENABLE_ALL" + {"int8": ", QDQ int8 static quantization", "fp16": ", fp16 weights"}.get(spec.precision, ""),
+            pipeline="ORT_ENABLE_ALL" + ({"int8": ", QDQ int8 static quantization", "fp16": ", fp16 weights"}
+                                         .get(spec.precision, "") if converts(spec, source) else ""),
             details={"threads": threads, "providers": session.get_providers()},
         )
 
 
-def _model_for(onnx_path: Path, spec: CompileSpec) -> Path:
+def _model_for(source: ModelSource, spec: CompileSpec) -> Path:
     """The ONNX file to run at the spec's precision (converted variants are cached)."""
     from chipbench import quantize
 
+    onnx_path = source.onnx_path
+    if not converts(spec, source):
+        return onnx_path
     if spec.precision == "int8":
         batches, key = calibration_of(spec)
         return quantize.int8_model(onnx_path, batches, dict(key))

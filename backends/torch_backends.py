@@ -15,6 +15,7 @@ _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 class _TorchBase:
     precisions = ("fp32", "fp16", "bf16")
     devices = ("cpu",)
+    runs_onnx = False  # the torch model itself: no ONNX operators to cover
     compiled_mode = False
 
     def available(self) -> tuple[bool, str]:
@@ -32,7 +33,7 @@ class _TorchBase:
 
         if source.build_torch is None:
             raise Unsupported(f"{self.name} needs the torch model; '{source.name}' is ONNX only")
-        require_precision(self, spec)
+        require_precision(self, spec, source)
         if spec.threads:
             torch.set_num_threads(spec.threads)
         dtype = getattr(torch, _DTYPES[spec.precision])

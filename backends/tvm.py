@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
-                                     register, require_precision)
+                                     converts, register, require_precision)
 from chipbench.machine import usable_cores
 
 
@@ -52,9 +52,29 @@ def import_onnx(onnx_path: Path) -> tuple[Any, list[Any]]:
         if type(exc).__name__ == "OpNotImplemented":
             ops = tuple(o.strip() for o in str(exc).rpartition(":")[2].split(",") if o.strip())
             raise Unsupported(f"TVM Relax ONNX importer: {exc}", ops=ops) from None
-        raise
+        node = failing_node(exc)
+        if node is None:
+            raise
+        from chipbench.errors import one_line
+
+        label = f"node '{node.name}' ({node.op_type})" if node.name else f"an unnamed {node.op_type} node"
+        raise Unsupported(f"TVM Relax ONNX importer failed on {label}: {one_line(exc)}", ops=(node.op_type,)) from None
     mod, params = relax.frontend.detach_params(mod)
     return mod, list(params.get("main", []))
+
+
+def failing_node(exc: BaseException) -> Any:
+    """The ONNX node an importer was converting when it raised: the innermost frame of the
+    traceback holding a NodeProto in a local named `node` (the importer's loop variable)."""
+    from onnx import NodeProto
+
+    found, tb = None, exc.__traceback__
+    while tb is not None:
+        node = tb.tb_frame.f_locals.get("node")
+        if isinstance(node, NodeProto):
+            found = node
+        tb = tb.tb_next
+    return found
 
 
 def fusion_passes() -> list[Any]:
@@ -162,12 +182,13 @@ class TvmLlvm:
     def compile(self, source: ModelSource, spec: CompileSpec) -> Compiled:
         import tvm
 
-        require_precision(self, spec)
+        require_precision(self, spec, source)
         threads = use_all_cores(spec.threads)
         target = tvm.target.Target(spec.target) if spec.target else host_target(spec.threads)
         start = time.perf_counter()
         onnx_path = source.onnx_path
-        if spec.precision == "int8":
+        quantize = converts(spec, source) and spec.precision == "int8"
+        if quantize:
             from chipbench.quantize import int8_model
 
             batches, key = calibration_of(spec)
@@ -176,7 +197,7 @@ class TvmLlvm:
         # Plain tvm-llvm is untuned whatever --tuning-db says; tvm-llvm-tuned hands its database here.
         database = spec.options.get("metaschedule_db")
         exe, pipeline = build(mod, target, database, bool(spec.options.get("weight_prepack")))
-        if spec.precision == "int8":
+        if quantize:
             pipeline += ", ORT QDQ int8 model (Q/DQ lowered literally: fp32 compute)"
         device = tvm.cpu()
         _vm, main, params = load(exe, weights, device)
@@ -188,7 +209,7 @@ class TvmLlvm:
 
         def run(inputs: Arrays) -> Arrays:
             for n in names:
-                x = np.ascontiguousarray(inputs[n])
+                x = np.asarray(inputs[n], order="C")  # keeps 0-d arrays 0-d (ascontiguousarray makes them 1-d)
                 buf = buffers.get(n)
                 if buf is None or tuple(buf.shape) != x.shape or buf.dtype != str(x.dtype):
                     buf = buffers[n] = tvm.runtime.empty(x.shape, str(x.dtype), device)

@@ -61,7 +61,7 @@ class TvmLlvmTuned(TvmLlvm):
         from chipbench import tuning
         from chipbench.backends.tvm import fuse, import_onnx
 
-        require_precision(self, spec)  # fp32: databases are tuned for the fp32 model
+        require_precision(self, spec, source)  # fp32: databases are tuned for the fp32 model
         folder, sha, target = self.locate(source, spec)
         database = tuning.unpacked(folder)  # shipped databases keep their records gzipped
         prepack = tuning.weight_prepack(tuning.read_key(folder))

@@ -7,6 +7,8 @@ Every failure that Python can catch becomes a record with a one-line reason; the
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -18,9 +20,10 @@ from chipbench.accuracy import check, fidelity
 from chipbench.backends.base import Arrays, Compiled, CompileSpec, Unsupported, get_backend
 from chipbench.byo import ModelError, prepare_model
 from chipbench.device import Device, DeviceError, default_device, supported_kinds
+from chipbench.errors import one_line
 from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
-from chipbench.prepare import PrepareError, Prepared, prepare_workload, sha256_file
+from chipbench.prepare import Prepared, prepare_workload, sha256_file
 from chipbench.record import RunRecord
 from chipbench.scenarios import batch_for, measure, measure_on_device
 from chipbench.stats import LatencyStats
@@ -29,20 +32,14 @@ from chipbench.taskeval import calibration_for, task_accuracy
 from chipbench.workloads.base import DEFAULT_TOLERANCES, Tolerance, Workload, get_workload
 
 
-def one_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:400]
-
-
 def base_record(cell: Cell, status: str, reason: str | None = None, **extra) -> RunRecord:
     """A record that carries the cell's identity and provenance, whatever became of it."""
     workload = describe_workload(cell)
     return RunRecord(
         workload=workload,
         backend=extra.pop("backend", {"name": cell.backend, "versions": {}}),
-        precision=cell.precision,
-        batch=batch_for(cell.scenario, cell.batch, cell.settings),
+        precision=extra.pop("precision", cell.precision),
+        batch=extra.pop("batch", None) or batch_for(cell.scenario, cell.batch, cell.settings),
         scenario={"name": cell.scenario, "settings": cell.settings.to_dict()},
         status=status,
         reason=reason,
@@ -73,8 +70,8 @@ def describe_workload(cell: Cell) -> dict:
                 "task_metric": None, "params": {"kernel": case.name, **case.params}}
     if cell.model:
         return {"name": cell.workload, "kind": "model", "scenario": "bring-your-own ONNX model", "task_metric": None,
-                "params": {"model": cell.model, "inputs": list(cell.inputs), "input_data": cell.input_data,
-                           "expected": cell.expected}}
+                "params": {"model": cell.model, "sha256": cell.workload_params.get("sha256"),
+                           "inputs": list(cell.inputs), "input_data": cell.input_data, "expected": cell.expected}}
     try:
         return get_workload(cell.workload, **cell.workload_params).describe()
     except Exception:  # unknown workload or bad params: keep the names the user gave
@@ -86,6 +83,8 @@ class Preparation:
     prepared: Prepared
     tolerance: Tolerance
     notes: list[str]
+    batch: int  # samples per query, as it will run
+    precision: str  # what runs: the cell's precision, or a foreign graph's own
     workload: Workload | None = None  # None for a foreign ONNX model or a kernel
     calibration: tuple | None = None  # (batches callable, key) for int8
     work: dict | None = None  # FLOPs and bytes of one query (kernel: exact minimum; graph: per-node sum)
@@ -113,18 +112,27 @@ def prepare(cell: Cell, batch: int) -> Preparation:
         tolerance = Tolerance(max_abs=case.tolerance * scale, rel_l2=case.tolerance * 10, min_cosine=0.9999)
         calibration = (lambda: [case.make_inputs(10_000 + i) for i in range(8)],
                        {"kernel": case.name, "split": "synthetic", "n": 8})
-        return Preparation(prepared, tolerance, ["reference: numpy"], calibration=calibration,
+        return Preparation(prepared, tolerance, ["reference: numpy"], 1, cell.precision, calibration=calibration,
                            work={"flops": case.flops, "bytes": case.bytes, "source": "kernel case (exact)"})
     if cell.model:
-        prepared, reference_from = prepare_model(cell.model, list(cell.inputs), cell.expected,
-                                                 cell.input_data, batch, cell.seed)
+        prepared, plan, reference_from = prepare_model(
+            cell.model, list(cell.inputs), cell.expected, cell.input_data, cell.batch, batch, cell.seed,
+            cell.workload_params.get("sha256"))
+        # a foreign graph runs as it computes unless the cell asks for a conversion (fp32 = as given)
+        native = prepared.source.precision
+        precision = native if cell.precision == "fp32" else cell.precision
+        if native != "fp32" and precision != native:
+            raise ModelError(f"{cell.model}: the graph computes in {native}; --precision {precision} converts fp32 models")
         synthetic = (lambda: [make_model_inputs(prepared, 10_000 + i) for i in range(8)],
-                     {"model": prepared.onnx_sha256, "split": "synthetic", "n": 8 * batch})
-        return Preparation(prepared, DEFAULT_TOLERANCES[cell.precision], [f"reference: {reference_from}"],
+                     {"model": prepared.onnx_sha256, "split": "synthetic", "n": 8 * plan.batch})
+        notes = [f"reference: {reference_from}", *plan.notes]
+        if native != "fp32":
+            notes.append(f"the graph computes in {native} as given")
+        return Preparation(prepared, DEFAULT_TOLERANCES[precision], notes, plan.batch, precision,
                            calibration=synthetic, work=graph_work(prepared.source.onnx_path))
     workload = get_workload(cell.workload, **cell.workload_params)
     prepared = prepare_workload(workload, batch, cell.seed)
-    return Preparation(prepared, workload.tolerance(cell.precision), [], workload,
+    return Preparation(prepared, workload.tolerance(cell.precision), [], batch, cell.precision, workload,
                        calibration_for(workload, batch), graph_work(prepared.source.onnx_path))
 
 
@@ -183,15 +191,16 @@ def execute(cell: Cell) -> RunRecord:
     batch = batch_for(cell.scenario, cell.batch, cell.settings)
     try:
         prep = prepare(cell, batch)
-    except (PrepareError, ModelError, KeyError, TypeError, ValueError) as exc:
+    except Exception as exc:  # the workload, the model or its reference: one line, never a crash
         return base_record(cell, "failed", f"prepare: {one_line(exc)}", backend=backend_info)
     prepared = prep.prepared
     provenance = {"onnx_sha256": prepared.onnx_sha256, "exporter": prepared.exporter, "opset": prepared.opset}
-    # Torch backends run the torch model, not the ONNX graph: operator coverage is the ONNX stacks'.
-    ops = onnx_ops(prepared.source.onnx_path) if not cell.backend.startswith("torch") else None
+    ran = {"precision": prep.precision, "batch": prep.batch, "backend": backend_info, "provenance": provenance}
+    # Backends that run the torch model have no ONNX operators to cover.
+    ops = onnx_ops(prepared.source.onnx_path) if getattr(backend, "runs_onnx", True) else None
 
     spec = CompileSpec(
-        precision=cell.precision, batch=batch, threads=cell.threads, device=device, target=cell.target,
+        precision=prep.precision, batch=prep.batch, threads=cell.threads, device=device, target=cell.target,
         tuning_db=Path(cell.tuning_db) if cell.tuning_db else None,
         example_inputs=prepared.inputs, reference_outputs=prepared.reference,
         calibration=prep.calibration[0] if prep.calibration else None,
@@ -200,36 +209,33 @@ def execute(cell: Cell) -> RunRecord:
     try:
         compiled = backend.compile(prepared.source, spec)
     except Unsupported as exc:
-        return base_record(cell, "unsupported", str(exc), backend=backend_info, provenance=provenance,
+        return base_record(cell, "unsupported", str(exc), **ran,
                            coverage=coverage(ops, "unsupported", exc.ops) if ops and exc.ops else None)
     except Exception as exc:
-        return base_record(cell, "failed", f"compile: {one_line(exc)}", backend=backend_info, provenance=provenance,
+        return base_record(cell, "failed", f"compile: {one_line(exc)}", **ran,
                            coverage=coverage(ops, "failed") if ops else None)
     backend_info.update(target=compiled.target, pipeline=compiled.pipeline,
                         tuning_db=compiled.tuning_db, details=compiled.details)
     compile_info = {"seconds": compiled.compile_s, "artifact_bytes": compiled.artifact_bytes}
     provenance["device"] = describe_device(device, compiled)
     try:
-        return _measure(cell, prep, compiled, backend_info, compile_info, provenance,
-                        coverage(ops, "ran") if ops else None)
+        return _measure(cell, prep, compiled, ran, compile_info, coverage(ops, "ran") if ops else None)
     except Exception as exc:
-        return base_record(cell, "failed", f"run: {one_line(exc)}", backend=backend_info,
-                           compile=compile_info, provenance=provenance,
+        return base_record(cell, "failed", f"run: {one_line(exc)}", **ran, compile=compile_info,
                            coverage=coverage(ops, "failed") if ops else None)
     finally:
         if compiled.close:
             compiled.close()
 
 
-def _measure(cell, prep: Preparation, compiled: Compiled, backend_info, compile_info, provenance, ops_coverage):
+def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_info, ops_coverage):
     inputs = prep.prepared.inputs
     outputs = compiled.run(inputs)
     fid = fidelity(outputs, prep.prepared.reference)
     failures = check(fid, prep.tolerance)
     task = None
     if prep.workload is not None and prep.workload.task_metric and cell.task_samples > 0:
-        batch = next(iter(inputs.values())).shape[0]
-        task = task_accuracy(compiled.run, prep.workload, batch, cell.task_samples)
+        task = task_accuracy(compiled.run, prep.workload, prep.batch, cell.task_samples)
         failures += task["failures"]
     accuracy = {"fidelity": fid.to_dict(), "tolerance": dict(vars(prep.tolerance)), "failures": failures,
                 "task": task}
@@ -241,11 +247,10 @@ def _measure(cell, prep: Preparation, compiled: Compiled, backend_info, compile_
     else:
         m = measure(lambda: run(inputs), cell.settings)
     stats = LatencyStats.from_samples(m.samples_s, seed=cell.seed)
-    batch = next(iter(inputs.values())).shape[0] if inputs else 1
-    throughput = {"value": batch * len(m.samples_s) / float(np.sum(m.samples_s)), "unit": "samples/s"}
+    # samples per second: the batch that ran, never a guess from an input's first dimension
+    throughput = {"value": prep.batch * len(m.samples_s) / float(np.sum(m.samples_s)), "unit": "samples/s"}
     return base_record(
-        cell, "ok", "; ".join(failures) or None,
-        backend=backend_info, compile=compile_info, provenance=provenance,
+        cell, "ok", "; ".join(failures) or None, **ran, compile=compile_info,
         latency=stats.to_dict(), throughput=throughput, accuracy=_finite(accuracy),
         verdict="INVALID" if failures else "VALID", notes=prep.notes + ([m.note] if m.note else []),
         coverage=ops_coverage, work=prep.work,
@@ -263,11 +268,50 @@ def _finite(accuracy: dict) -> dict:
     return fix(accuracy)
 
 
+def die_with_parent() -> None:
+    """Take this cell (and everything it started) down when the sweep that started it dies.
+
+    The runner puts each cell in its own process group and names itself in
+    CHIPBENCH_PARENT_PID. On Linux the kernel sends SIGTERM when the parent dies, even by
+    SIGKILL (prctl PR_SET_PDEATHSIG); elsewhere a watchdog thread polls the parent. Either way
+    the cell kills its whole group, so nothing it started is left running."""
+    parent = int(os.environ.get("CHIPBENCH_PARENT_PID", "0") or 0)
+    if not parent:
+        return
+
+    def kill_group(*_args) -> None:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, kill_group)
+    watched = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        watched = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM) == 0
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        kill_group()
+    if not watched:
+        import threading
+        import time
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            kill_group()
+
+        threading.Thread(target=watch, daemon=True, name="chipbench-parent-watch").start()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Subprocess entry: `python -m chipbench.cell CELL.json OUT.json`."""
+    """Subprocess entry: `python -P -m chipbench.cell CELL.json OUT.json`, where CELL.json holds
+    {"cell": Cell.to_dict(), "context": {"device_profile": ...}}."""
+    die_with_parent()
     cell_path, out_path = (argv or sys.argv[1:])[:2]
-    cell = Cell.from_dict(json.loads(Path(cell_path).read_text()))
+    job = json.loads(Path(cell_path).read_text())
+    cell = Cell.from_dict(job["cell"])
     record = execute(cell)
+    record.provenance.setdefault("device_profile", job.get("context", {}).get("device_profile"))
     atomic_write_text(Path(out_path), record.to_json())
     return 0
 

@@ -19,8 +19,16 @@ ResultsDir = Annotated[Path, typer.Option("--results-dir", help="Where results a
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {escape(message)}", markup=True, soft_wrap=True)
+    """One `error:` line (whatever the message holds) and exit `code` (2: bad input)."""
+    line = " ".join(message.split())
+    err.print(f"[red]error:[/red] {escape(line)}", markup=True, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not > 0")
+    return value
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -63,113 +71,169 @@ def run(
     backend: Annotated[Optional[list[str]], typer.Option("-b", "--backend", help="Backend name(s), comma-separated.")] = None,
     suite: Annotated[Optional[Path], typer.Option("--suite", help="A TOML suite file.")] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="Your own ONNX model, run on every chosen backend.")] = None,
-    inputs: Annotated[Optional[list[str]], typer.Option("--input", help="NAME:SHAPE[:DTYPE] for a model input (repeatable).")] = None,
+    inputs: Annotated[Optional[list[str]], typer.Option("--input", help="NAME=SHAPE[:DTYPE] (or NAME:SHAPE[:DTYPE]) for a model input (repeatable).")] = None,
     input_data: Annotated[Optional[Path], typer.Option("--input-data", help="The model's inputs: .npz, .npy, .pb or a test-data folder.")] = None,
     expected: Annotated[Optional[Path], typer.Option("--expected", help="Expected outputs on --input-data (else ONNX Runtime CPU is the reference).")] = None,
     scenario: Annotated[Optional[list[str]], typer.Option("--scenario", help="single-stream, offline (comma-separated).")] = None,
     precision: Annotated[Optional[list[str]], typer.Option("--precision", help="fp32, fp16, bf16, int8.")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch", help="Offline batch size.")] = None,
-    min_duration: Annotated[Optional[float], typer.Option("--min-duration", help="Seconds each cell measures at least.")] = None,
-    min_count: Annotated[Optional[int], typer.Option("--min-count", help="Queries each cell measures at least.")] = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds before a cell is killed.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    task_samples: Annotated[Optional[int], typer.Option("--task-samples", help="Test samples for the task metric (0: fidelity only).")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Offline batch size.")] = None,
+    min_duration: Annotated[Optional[float], typer.Option("--min-duration", min=0.0, help="Seconds each cell measures at least.")] = None,
+    min_count: Annotated[Optional[int], typer.Option("--min-count", min=1, help="Queries each cell measures at least.")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", callback=_positive, help="Seconds before a cell is killed.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0)] = None,
+    task_samples: Annotated[Optional[int], typer.Option("--task-samples", min=0, help="Test samples for the task metric (0: fidelity only).")] = None,
     tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="Where tvm-llvm-tuned looks first for its MetaSchedule database.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda[:N] or rpc://HOST:PORT/KEY (default: each backend's own).")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="Compile for this target (e.g. a TVM target string) instead of the device's own.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip cells that already have an ok record with this exact configuration.")] = False,
     results_dir: ResultsDir = Path("results"),
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report after the sweep.")] = True,
 ) -> None:
-    """Run cells (from flags or a suite), store a record per cell, then write the report."""
-    from chipbench.runner import run_cells
-    from chipbench.store import ResultsStore
-    from chipbench.suite import SuiteError, expand, load_suite, with_overrides
+    """Run cells (from flags or a suite), store a record per cell, then write the report.
+
+    Every input is checked before the first cell runs; a cell that crashes, hangs or cannot run
+    costs that cell only. Stopped with Ctrl-C or SIGTERM, the running cell is killed, what was
+    measured is stored, and `--resume` carries on where the sweep stopped."""
+    from chipbench.runner import Interrupted, run_cells
+    from chipbench.store import ResultsStore, StoreError, canonical
+    from chipbench.suite import SuiteError, check_cell, expand, load_suite, with_overrides
 
     try:
         if suite is not None:
+            if scenario or precision:
+                fail("--scenario/--precision go with -w/-b; a suite names its own")
             cells = load_suite(suite)
         elif model is not None and backend:
-            cells = _model_cells(model, inputs or [], input_data, expected, _split(backend),
-                                 _split(precision) or None, _split(scenario) or None, batch)
+            cells = expand([model.stem], _split(backend), _split(precision) or None, _split(scenario) or None,
+                           model=str(model.resolve()), inputs=tuple(inputs or ()),
+                           input_data=str(input_data.resolve()) if input_data else None,
+                           expected=str(expected.resolve()) if expected else None)
         elif workload and backend:
             cells = expand(_split(workload), _split(backend), _split(precision) or None, _split(scenario) or None)
         else:
             fail("give --suite FILE, --model FILE with -b BACKEND, or both -w WORKLOAD and -b BACKEND")
-        if suite is not None and (scenario or precision):
-            fail("--scenario/--precision go with -w/-b; a suite names its own")
+        if model is None and (inputs or input_data or expected):
+            fail("--input, --input-data and --expected go with --model")
         cells = with_overrides(cells, batch=batch, min_duration_s=min_duration, min_count=min_count,
-                               timeout_s=timeout, seed=seed, task_samples=task_samples, tuning_db=str(tuning_db) if tuning_db else None,
-                               device=device, target=target)
+                               timeout_s=timeout, seed=seed, task_samples=task_samples,
+                               tuning_db=str(tuning_db.resolve()) if tuning_db else None, device=device, target=target)
+        for cell in cells:
+            check_cell(cell)
     except SuiteError as exc:
         fail(str(exc))
-    _check_names(cells)
+    _check_names(cells, f"{suite}: " if suite is not None else "")
+    cells = _checked_models(cells)
 
     store = ResultsStore(results_dir)
+    try:
+        store.check_writable()
+        if store.sync():
+            err.print(f"indexed records an earlier run left in {results_dir}/")
+    except StoreError as exc:
+        fail(str(exc))
+    if resume:
+        done = store.measured_configs()
+        todo = [c for c in cells if canonical(c.to_dict()) not in done]
+        err.print(f"resume: {len(cells) - len(todo)} of {len(cells)} cell(s) already measured")
+        cells = todo
     err.print(f"chipbench: {len(cells)} cell(s) → {results_dir}/")
-    records = run_cells(cells, store, on_done=_progress)
-    if report:
+    try:
+        records = run_cells(cells, store, on_done=_progress)
+    except StoreError as exc:
+        fail(f"{exc}; the sweep stopped, the record waits in {store.incoming_dir}/ for the next run", code=1)
+    except Interrupted as exc:
+        fail(f"interrupted by {signal_name(exc.signum)} after {exc.done} of {len(cells)} cell(s); every finished "
+             f"cell is stored; run again with --resume to go on", code=128 + exc.signum)
+    if report and store.latest():
         _write_report(store, results_dir / "report.md", results_dir / "report.html")
     if any(r.status == "failed" for r in records):
         raise typer.Exit(1)
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def _checked_models(cells):
+    """Foreign models are checked here, once per distinct (model, inputs, data, batch), so a bad
+    file or input fails before any cell runs; each cell then carries the model's sha256."""
+    from dataclasses import replace
+
+    from chipbench.byo import ModelError, check_model_cell
+    from chipbench.scenarios import batch_for
+
+    checked: dict[tuple, object] = {}
+    out = []
+    for cell in cells:
+        if not cell.model:
+            out.append(cell)
+            continue
+        key = (cell.model, cell.inputs, cell.input_data, cell.expected, cell.batch)
+        if key not in checked:
+            batches = sorted({batch_for(c.scenario, None, c.settings) for c in cells if c.model == cell.model})
+            try:
+                checked[key] = check_model_cell(Path(cell.model), list(cell.inputs),
+                                                Path(cell.input_data) if cell.input_data else None,
+                                                Path(cell.expected) if cell.expected else None, cell.batch, batches)
+            except ModelError as exc:
+                fail(str(exc))
+        found = checked[key]
+        if found.precision != "fp32" and cell.precision not in ("fp32", found.precision):
+            fail(f"{cell.model}: the graph computes in {found.precision}; --precision {cell.precision} "
+                 f"converts fp32 models only")
+        out.append(replace(cell, workload_params={**cell.workload_params, "sha256": found.sha256}))
+    return out
 
 
 def _progress(cell, rec) -> None:
     if rec.status == "ok":
         color = "green" if rec.verdict == "VALID" else "red"
         err.print(f"  [{color}]{rec.verdict}[/{color}] {escape(cell.label())}: p50 {rec.latency['median']:.3g} ms, "
-                  f"{rec.throughput['value']:.4g} samples/s", markup=True)
+                  f"{rec.throughput['value']:.4g} samples/s", markup=True, soft_wrap=True)
     else:
         color = "red" if rec.status == "failed" else "yellow"
         err.print(f"  [{color}]{rec.status.upper()}[/{color}] {escape(cell.label())}: {escape(rec.reason or '')}",
-                  markup=True)
+                  markup=True, soft_wrap=True)
 
 
-def _model_cells(model, inputs, input_data, expected, backends, precisions, scenarios, batch):
-    """Cells for a foreign ONNX model, checked here so a bad file fails before any cell runs."""
-    from chipbench.byo import ModelError, load_model_safely, parse_input_spec, resolve_shapes
-    from chipbench.suite import expand
-
-    try:
-        specs = {s.name: s for s in map(parse_input_spec, inputs)}
-        if input_data is None:
-            if expected is not None:
-                fail(f"{expected}: expected outputs need the inputs they came from (--input-data)")
-            resolve_shapes(load_model_safely(model), model, specs, batch or 1)
-        else:
-            load_model_safely(model)
-    except ModelError as exc:
-        fail(str(exc))
-    return expand([model.stem], backends, precisions, scenarios, model=str(model.resolve()),
-                  inputs=tuple(inputs), input_data=str(input_data.resolve()) if input_data else None,
-                  expected=str(expected.resolve()) if expected else None)
-
-
-def _check_names(cells) -> None:
+def _check_names(cells, where: str = "") -> None:
+    """Every cell names a known workload (or kernel, or model) and backend; `where` prefixes the error."""
     from chipbench.backends.base import backend_names
     from chipbench.workloads.base import workload_names
 
-    from chipbench.device import Device, DeviceError
-
     known_w, known_b = set(workload_names()), set(backend_names())
     for cell in cells:
-        if cell.device:
-            try:
-                Device.parse(cell.device)
-            except DeviceError as exc:
-                fail(str(exc))
         if cell.workload not in known_w and not (cell.model or cell.kernel):
-            fail(f"unknown workload '{cell.workload}' (known: {', '.join(sorted(known_w))})")
+            fail(f"{where}unknown workload '{cell.workload}' (known: {', '.join(sorted(known_w))})")
         if cell.backend not in known_b:
-            fail(f"unknown backend '{cell.backend}' (known: {', '.join(sorted(known_b))})")
+            fail(f"{where}unknown backend '{cell.backend}' (known: {', '.join(sorted(known_b))})")
 
 
 def _write_report(store, md: Path | None, html: Path | None) -> None:
+    """Both reports from the newest record of every cell; a target that cannot be written is a
+    one-line error, and the report already there is left whole (atomic writes)."""
     from chipbench.report import write_reports
+    from chipbench.store import StoreError
 
-    records = store.latest()
+    for path in (md, html):
+        if path is not None and path.is_dir():
+            fail(f"{path}: is a folder; give a file name for the report")
+    try:
+        records = store.latest()
+    except StoreError as exc:
+        fail(str(exc))
+    for problem in store.unreadable:
+        err.print(f"warning: skipped unreadable {problem}")
     if not records:
         fail(f"no results in {store.root}/ (run `chipbench run` first)")
-    for path in write_reports(records, md, html, store.root):
+    try:
+        written = write_reports(records, md, html, store.root)
+    except OSError as exc:
+        fail(f"{exc.filename or 'report'}: cannot write the report ({exc.strerror or exc}); the previous one is unchanged",
+             code=1)
+    for path in written:
         err.print(f"wrote {path}")
 
 
@@ -184,7 +248,33 @@ def report(
 
     if html is None and md is None:
         html, md = results_dir / "report.html", results_dir / "report.md"
+    if results_dir.exists() and not results_dir.is_dir():
+        fail(f"{results_dir}: results dir is a file, not a folder")
     _write_report(ResultsStore(results_dir), md, html)
+
+
+store_app = typer.Typer(no_args_is_help=True, help="Look after the results store.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("rebuild")
+def store_rebuild(results_dir: ResultsDir = Path("results")) -> None:
+    """Rebuild the index from the JSON records (and index records a crash or a full disk left in
+    incoming/); an index that cannot be read is moved aside, never deleted."""
+    from chipbench.store import ResultsStore, StoreError
+
+    if not results_dir.is_dir():
+        fail(f"{results_dir}: no such results dir")
+    store = ResultsStore(results_dir)
+    try:
+        count, moved = store.rebuild()
+    except (StoreError, OSError) as exc:
+        fail(str(exc))
+    if moved:
+        err.print(f"the unreadable index was moved to {moved}")
+    for problem in store.unreadable:
+        err.print(f"warning: skipped unreadable {problem}")
+    print(f"{count} record(s) indexed in {store.db_path}")
 
 
 @app.command()
@@ -316,6 +406,10 @@ def roofline(
     from chipbench.probe import load_profile
     from chipbench.roofline import benchmark_points, plot, table
 
+    try:
+        json.loads(bench_json.read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"{bench_json}: not readable JSON ({exc})")
     profile = load_profile(results_dir)
     if profile is None:
         fail(f"no device profile for this machine in {results_dir}: run `chipbench probe --results-dir {results_dir}`")
@@ -358,12 +452,50 @@ def tune(
         print(f"shipped: {ship_database(result.folder)}")
 
 
+_debug = False
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks of internal errors.")] = False) -> None:
+    """Benchmark industrial AI workloads across ONNX Runtime, TVM and PyTorch."""
+    global _debug
+    _debug = debug
+    from chipbench.plugins import PluginError, load_plugins
+
+    for group in ("chipbench.backends", "chipbench.workloads"):
+        try:
+            load_plugins(group)
+        except PluginError as exc:
+            fail(str(exc))
+
+
 def main() -> None:
+    """Console entry: every error a user can meet ends as one `error:` line and a non-zero exit
+    (2 for bad input); tracebacks only with --debug."""
+    from chipbench.errors import one_line
+
     try:
-        app()
-    except KeyboardInterrupt:
-        err.print("interrupted")
+        from typer._click.exceptions import ClickException  # typer vendors click from 0.25 on
+    except ImportError:  # pragma: no cover - older typer
+        from click.exceptions import ClickException
+    try:
+        code = app(standalone_mode=False)
+    except ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+            sys.exit(2)
+        err.print(f"[red]error:[/red] {escape(exc.format_message().splitlines()[0])}", markup=True, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("[red]error:[/red] interrupted", markup=True)
         sys.exit(130)
+    except Exception as exc:
+        if _debug:
+            raise
+        err.print(f"[red]error:[/red] internal error: {escape(one_line(exc))} (run with --debug for the traceback)",
+                  markup=True, soft_wrap=True)
+        sys.exit(1)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -545,7 +545,7 @@ def profile_tvm(onnx_path: Path, inputs: dict, input_names: Sequence[str], runs:
     tir_flops = _tir_flops(mod, target, tuned=tuning_db is not None, weight_prepack=prepack)
     dev = tvm.cpu()
     vm, main, params = load(exe, weights, dev)
-    args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[n]), dev) for n in input_names]
+    args = [tvm.runtime.tensor(np.asarray(inputs[n], order="C"), dev) for n in input_names]
     for _ in range(max(warmup, 1)):
         main(*args, *params)
     e2e = []

@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("ok", "skipped", "unsupported", "failed")
 
 
@@ -32,13 +33,18 @@ class RunRecord:
     notes: list[str] = field(default_factory=list)
     coverage: dict[str, Any] | None = None  # ONNX operators: counts and what became of each
     work: dict[str, Any] | None = None  # FLOPs and minimum bytes of one query (for the roofline)
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
     schema_version: int = SCHEMA_VERSION
+    config_hash: str = ""
     id: str = ""
 
     def __post_init__(self) -> None:
+        if not self.config_hash:
+            self.config_hash = config_hash(self)
         if not self.id:
-            self.id = record_id(self)
+            # Unique per run: the store is append-only, so a rerun of the same configuration
+            # adds a record beside the earlier one instead of replacing it.
+            self.id = hashlib.sha256(f"{self.config_hash} {self.created} {uuid.uuid4()}".encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,9 +56,18 @@ class RunRecord:
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
         return cls(**data)
 
+    def cell_key(self) -> str:
+        """What makes two records measurements of the same cell: workload (with its params, so a
+        foreign model is known by its content hash), backend, device, precision, batch and
+        scenario. The newest record of a cell is its current result; the others are history."""
+        key = [self.workload.get("name"), self.workload.get("params"), self.backend.get("name"),
+               (self.provenance.get("device") or {}).get("id", "cpu"), self.precision, self.batch,
+               self.scenario.get("name")]
+        return json.dumps(key, sort_keys=True, default=str)
 
-def record_id(rec: RunRecord) -> str:
-    """Hash of what makes the result what it is: the same configuration gets the same id."""
+
+def config_hash(rec: RunRecord) -> str:
+    """Hash of what makes the result what it is: the same configuration gets the same hash."""
     key = {
         "schema": rec.schema_version,
         "workload": rec.workload.get("name"),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from chipbench.paths import atomic_write_text
 from chipbench.record import RunRecord
 from chipbench.tuning_curves import FAIR_RATIO
 
@@ -261,7 +262,8 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
            extras: Extras | None = None, images: dict[str, str] | None = None) -> str:
     env = Environment(
         loader=PackageLoader("chipbench", "templates"),
-        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+        # templates are named report.<fmt>.j2: escape by the format, not the last extension
+        autoescape=select_autoescape(enabled_extensions=("html.j2", "html"), default_for_string=False),
         trim_blocks=True, lstrip_blocks=True,
     )
     env.filters.update(md=md_escape, ms=fmt_ms, num=fmt_num, bytes=fmt_bytes)
@@ -303,6 +305,6 @@ def write_reports(records: list[RunRecord], md_path: Path | None, html_path: Pat
 
 
 def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    """Atomically: a report that cannot be written whole leaves the previous one as it was."""
+    atomic_write_text(path, text)
     return path

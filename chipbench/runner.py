@@ -1,7 +1,11 @@
 """Run a sweep: every cell in its own subprocess with a time limit, every record stored at once.
 
 A crash, hang or out-of-memory kill costs one cell (recorded as failed with a one-line reason);
-the sweep goes on and records already stored are never touched.
+the sweep goes on and records already stored are never touched. Cells die with the sweep:
+SIGINT or SIGTERM of the CLI kills the running cell's process group, and a cell whose parent
+dies any other way (SIGKILL) is told so by the kernel and kills its own group
+(chipbench.cell.die_with_parent). A cell starts isolated from the user's folder: its working
+directory is a private temporary folder and `python -P` keeps that folder off `sys.path`.
 """
 
 from __future__ import annotations
@@ -12,40 +16,80 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from chipbench.record import RunRecord
-from chipbench.store import ResultsStore
+from chipbench.store import ResultsStore, incoming_path
 from chipbench.suite import Cell
 
+PARENT_ENV = "CHIPBENCH_PARENT_PID"
 
-def run_isolated(cell: Cell, env: dict[str, str] | None = None) -> RunRecord:
-    """Run one cell in a fresh interpreter; turn any abnormal end into a failed record."""
+
+class Interrupted(Exception):
+    """The sweep was stopped by a signal; `signum` is it, `done` the cells stored before."""
+
+    def __init__(self, signum: int, done: int = 0) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.done = signum, done
+
+
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+def run_isolated(cell: Cell, out_file: Path, env: dict[str, str], context: dict | None = None) -> RunRecord:
+    """Run one cell in a fresh interpreter that writes its record to `out_file`; turn any
+    abnormal end into a failed record. `context` travels with the cell (e.g. the device profile)."""
     with tempfile.TemporaryDirectory(prefix="chipbench-cell-") as tmp:
-        cell_file, out_file, err_file = Path(tmp, "cell.json"), Path(tmp, "record.json"), Path(tmp, "stderr")
-        cell_file.write_text(json.dumps(cell.to_dict()))
+        cell_file, err_file = Path(tmp, "cell.json"), Path(tmp, "stderr")
+        cell_file.write_text(json.dumps({"cell": cell.to_dict(), "context": context or {}}))
         with open(err_file, "w") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "chipbench.cell", str(cell_file), str(out_file)],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True, env=env,
+                [sys.executable, "-P", "-m", "chipbench.cell", str(cell_file), str(out_file)],
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
+                cwd=tmp, env={**env, PARENT_ENV: str(os.getpid())},
             )
+            with _live_lock:
+                _live.add(proc)
             try:
                 proc.wait(timeout=cell.timeout_s)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 return _failed(cell, f"timed out after {cell.timeout_s:g} s (killed)")
+            finally:
+                _kill_group(proc)  # whatever the cell left behind in its group goes with it
+                with _live_lock:
+                    _live.discard(proc)
         if out_file.exists():
             return RunRecord.from_dict(json.loads(out_file.read_text()))
         return _failed(cell, _crash_reason(proc.returncode, err_file.read_text(errors="replace")))
 
 
+def cell_environment() -> dict[str, str]:
+    """The environment a cell starts with: this one, with Python's unsafe path off."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSTARTUP", "PYTHONINSPECT")}
+    env["PYTHONSAFEPATH"] = "1"
+    return env
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+
+
+def kill_live_cells() -> None:
+    """Kill every cell this process started that is still running (and its children)."""
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        _kill_group(proc)
 
 
 def _crash_reason(returncode: int, stderr: str) -> str:
@@ -75,18 +119,48 @@ def device_summary(results_dir: Path) -> dict | None:
             "measured_at": profile.measured_at, "quick": profile.quick}
 
 
+@contextmanager
+def stop_cells_on_signal() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted in the sweep, and the running cells are killed on
+    the way out, whatever ends the sweep. Handlers are only installed on the main thread."""
+    installed = {}
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, _frame):
+            raise Interrupted(signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            installed[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        kill_live_cells()
+        for sig, previous in installed.items():
+            signal.signal(sig, previous)
+
+
 def run_cells(cells: list[Cell], store: ResultsStore,
               on_done: Callable[[Cell, RunRecord], None] | None = None) -> list[RunRecord]:
-    records = []
-    device = device_summary(store.root)
+    """Run and store each cell in turn. Raises StoreError when a record cannot be stored (it
+    stays in `incoming/` for the next run) and Interrupted on SIGINT/SIGTERM."""
+    records: list[RunRecord] = []
+    context = {"device_profile": device_summary(store.root)}
     # tvm-llvm-tuned finds the databases `chipbench tune` wrote under this results dir
-    dirs = os.pathsep.join(filter(None, [str(store.root / "tuning"), os.environ.get("CHIPBENCH_TUNING_DIRS")]))
-    env = {**os.environ, "CHIPBENCH_TUNING_DIRS": dirs}
-    for cell in cells:
-        record = run_isolated(cell, env)
-        record.provenance["device_profile"] = device
-        store.add(record)
-        records.append(record)
-        if on_done:
-            on_done(cell, record)
+    dirs = os.pathsep.join(filter(None, [str((store.root / "tuning").resolve()),
+                                         os.environ.get("CHIPBENCH_TUNING_DIRS")]))
+    env = {**cell_environment(), "CHIPBENCH_TUNING_DIRS": dirs}
+    with stop_cells_on_signal():
+        try:
+            for cell in cells:
+                out = incoming_path(store, uuid.uuid4().hex[:12])
+                record = run_isolated(cell, out, env, context)
+                if record.provenance.get("device_profile") is None:
+                    record.provenance["device_profile"] = context["device_profile"]
+                store.add(record)
+                out.unlink(missing_ok=True)
+                records.append(record)
+                if on_done:
+                    on_done(cell, record)
+        except Interrupted as exc:
+            exc.done = len(records)
+            raise
     return records

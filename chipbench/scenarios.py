@@ -15,6 +15,12 @@ SCENARIOS = ("single-stream", "offline")
 
 @dataclass(frozen=True)
 class MeasureSettings:
+    """How a cell is timed. Warm-up runs `warmup_count` queries and at least `warmup_s` seconds,
+    untimed. Then each query is timed alone (a clock read before and after it, in seconds)
+    until at least `min_count` queries and `min_duration_s` seconds are measured, or
+    `max_count` queries; a slow cell stops at `max_duration_s` with at least 3 queries, and the
+    record says so. Offline queries carry `offline_batch` samples unless the cell sets a batch."""
+
     warmup_count: int = 3
     warmup_s: float = 0.2
     min_count: int = 20

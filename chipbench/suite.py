@@ -58,6 +58,54 @@ class Cell:
 _CELL_KEYS = {f.name for f in fields(Cell)} - {"settings"}
 _SETTING_KEYS = {f.name for f in fields(MeasureSettings)}
 
+# numeric settings: (type, lowest value, whether the lowest value itself is allowed)
+_LIMITS: dict[str, tuple[type, float, bool]] = {
+    "batch": (int, 1, True), "seed": (int, 0, True), "threads": (int, 1, True), "timeout_s": (float, 0, False),
+    "task_samples": (int, 0, True), "warmup_count": (int, 0, True), "warmup_s": (float, 0, True),
+    "min_count": (int, 1, True), "min_duration_s": (float, 0, True), "max_duration_s": (float, 0, False),
+    "max_count": (int, 1, True), "offline_batch": (int, 1, True),
+}
+_OPTIONAL_STRINGS = ("tuning_db", "kernel", "model", "input_data", "expected", "device", "target")
+
+
+def check_cell(cell: Cell) -> None:
+    """Every field of the right type and in range; raises SuiteError naming the field, what it
+    must be and what it was (before any cell runs)."""
+    values = {**{k: getattr(cell, k) for k in _CELL_KEYS}, **cell.settings.to_dict()}
+    for name, (kind, low, inclusive) in _LIMITS.items():
+        value = values[name]
+        if value is None and name in ("batch", "threads"):
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)):
+            raise SuiteError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if value < low or (value == low and not inclusive):
+            bound = f">= {low:g}" if inclusive else f"> {low:g}"
+            raise SuiteError(f"{name} must be {bound}, got {value!r}")
+    for name in ("workload", "backend", "precision", "scenario"):
+        if not isinstance(values[name], str) or not values[name]:
+            raise SuiteError(f"{name} must be a non-empty string, got {values[name]!r}")
+    for name in _OPTIONAL_STRINGS:
+        if values[name] is not None and not isinstance(values[name], str):
+            raise SuiteError(f"{name} must be a string, got {values[name]!r}")
+    if not isinstance(cell.workload_params, dict):
+        raise SuiteError(f"workload_params must be a table, got {cell.workload_params!r}")
+    if not all(isinstance(i, str) for i in cell.inputs):
+        raise SuiteError(f"inputs must be a list of NAME:SHAPE strings, got {list(cell.inputs)!r}")
+    if cell.precision not in PRECISIONS:
+        raise SuiteError(f"unknown precision '{cell.precision}' (known: {', '.join(PRECISIONS)})")
+    if cell.scenario not in SCENARIOS:
+        raise SuiteError(f"unknown scenario '{cell.scenario}' (known: {', '.join(SCENARIOS)})")
+    if cell.settings.max_count < cell.settings.min_count:
+        raise SuiteError(f"max_count ({cell.settings.max_count}) is below min_count ({cell.settings.min_count})")
+    if cell.device is not None:
+        from chipbench.device import Device, DeviceError
+
+        try:
+            Device.parse(cell.device)
+        except DeviceError as exc:
+            raise SuiteError(str(exc).replace("--device", "device", 1)) from None
+
 
 def expand(workloads: list[str], backends: list[str], precisions: list[str] | None = None,
            scenarios: list[str] | None = None, **common: Any) -> list[Cell]:
@@ -65,7 +113,12 @@ def expand(workloads: list[str], backends: list[str], precisions: list[str] | No
     settings = MeasureSettings(**{k: common.pop(k) for k in list(common) if k in _SETTING_KEYS})
     unknown = set(common) - _CELL_KEYS
     if unknown:
-        raise SuiteError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        raise SuiteError(f"unknown key(s) {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(sorted(_CELL_KEYS | _SETTING_KEYS))})")
+    if "inputs" in common:
+        if isinstance(common["inputs"], str) or not isinstance(common["inputs"], (list, tuple)):
+            raise SuiteError(f"inputs must be a list of NAME:SHAPE strings, got {common['inputs']!r}")
+        common["inputs"] = tuple(common["inputs"])
     cells = []
     for w, b, p, s in itertools.product(workloads, backends, precisions or ["fp32"], scenarios or ["single-stream"]):
         if p not in PRECISIONS:
@@ -78,33 +131,53 @@ def expand(workloads: list[str], backends: list[str], precisions: list[str] | No
 
 def load_suite(path: Path) -> list[Cell]:
     """A TOML suite: optional [defaults], then [[cells]] tables, each of which may list several
-    workloads/backends/precisions/scenarios (expanded as a cross product)."""
+    workloads/backends/precisions/scenarios (expanded as a cross product). Raises SuiteError
+    naming the file (and the cell table) for anything that is not a valid suite."""
+    path = Path(path)
+    if path.is_dir():
+        raise SuiteError(f"{path}: is a folder, not a suite file")
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise SuiteError(f"{path}: no such suite file") from None
+    except UnicodeDecodeError:
+        raise SuiteError(f"{path}: not a TOML suite (not UTF-8 text)") from None
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot read the suite ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: not valid TOML ({exc})") from None
+    unknown = set(data) - {"defaults", "cells"}
+    if unknown:
+        raise SuiteError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} (a suite has [defaults] and [[cells]])")
     defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise SuiteError(f"{path}: [defaults] must be a table, got {defaults!r}")
+    tables = data.get("cells", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise SuiteError(f"{path}: cells must be an array of tables ([[cells]]), got {tables!r}"[:300])
     cells: list[Cell] = []
-    for i, table in enumerate(data.get("cells", []), 1):
+    for i, table in enumerate(tables, 1):
         merged = {**defaults, **table}
-        kernels = _kernel_names(merged.pop("kernels", None), merged.pop("kernel_tag", None))
         try:
+            kernels = _kernel_names(_as_list(merged.pop("kernels", None), "kernels", required=False),
+                                    merged.pop("kernel_tag", None))
+            backends = _as_list(merged.pop("backend", merged.pop("backends", None)), "backend")
             if kernels:
-                cells += [replace(c, kernel=c.workload) for c in expand(
-                    kernels, _as_list(merged.pop("backend", merged.pop("backends", None)), "backend", path, i),
-                    **merged)]
-                continue
-            cells += expand(
-                _as_list(merged.pop("workload", merged.pop("workloads", None)), "workload", path, i),
-                _as_list(merged.pop("backend", merged.pop("backends", None)), "backend", path, i),
-                _as_list(merged.pop("precision", merged.pop("precisions", "fp32")), "precision", path, i),
-                _as_list(merged.pop("scenario", merged.pop("scenarios", "single-stream")), "scenario", path, i),
-                **merged,
-            )
+                new = [replace(c, kernel=c.workload) for c in expand(kernels, backends, **merged)]
+            else:
+                new = expand(
+                    _as_list(merged.pop("workload", merged.pop("workloads", None)), "workload"), backends,
+                    _as_list(merged.pop("precision", merged.pop("precisions", "fp32")), "precision"),
+                    _as_list(merged.pop("scenario", merged.pop("scenarios", "single-stream")), "scenario"),
+                    **merged,
+                )
+            for cell in new:
+                check_cell(cell)
+            cells += new
         except (SuiteError, TypeError) as exc:
             raise SuiteError(f"{path}: cells #{i}: {exc}") from None
+        except KeyError as exc:  # an unknown kernel case or tag
+            raise SuiteError(f"{path}: cells #{i}: {exc.args[0] if exc.args else exc}") from None
     if not cells:
         raise SuiteError(f"{path}: no [[cells]] defined")
     return cells
@@ -120,10 +193,15 @@ def _kernel_names(names: list[str] | None, tag: str | None) -> list[str]:
     return list(dict.fromkeys([*(names or []), *tagged]))
 
 
-def _as_list(value: Any, what: str, path: Path, index: int) -> list[str]:
+def _as_list(value: Any, what: str, required: bool = True) -> list[str]:
     if value is None:
-        raise SuiteError(f"{path}: cells #{index} names no {what}")
-    return [value] if isinstance(value, str) else list(value)
+        if required:
+            raise SuiteError(f"names no {what}")
+        return []
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        raise SuiteError(f"{what} must be a name or a list of names, got {value!r}")
+    return values
 
 
 def with_overrides(cells: list[Cell], **overrides: Any) -> list[Cell]:

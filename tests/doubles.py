@@ -103,3 +103,28 @@ class TinyClassifier(TinyMlp):
 
     def metric(self, outputs, labels):
         return float((outputs["output"].argmax(1) == labels).mean())
+
+
+@register_backend("sleepy-double")
+class SleepyBackend(NullBackend):
+    """Compiles for SLEEPY_SECONDS (default 60): a cell that is still running when the sweep is
+    interrupted. The delay lives in the environment, not the cell, so a resumed sweep can
+    make it quick without changing the cell's configuration."""
+
+    description = "compiles slowly"
+
+    def compile(self, source, spec):
+        time.sleep(float(os.environ.get("SLEEPY_SECONDS", "60")))
+        return super().compile(source, spec)
+
+
+@register_backend("flaky-double")
+class FlakyBackend(NullBackend):
+    """Fails while FLAKY_FAIL is set: a rerun that fails transiently."""
+
+    description = "fails when FLAKY_FAIL is set"
+
+    def compile(self, source, spec):
+        if os.environ.get("FLAKY_FAIL"):
+            raise RuntimeError("transient failure")
+        return super().compile(source, spec)

@@ -47,20 +47,49 @@ def test_fidelity_hand_computed():
     assert f.cosine == pytest.approx((9 + 18) / (5 * np.hypot(3, 4.5)))
 
 
-def test_fidelity_takes_the_worst_output_and_rejects_shape_mismatch():
+def test_fidelity_takes_the_worst_output_and_an_uncomparable_output_is_never_valid():
     ref = {"a": np.ones(4), "b": np.ones(4)}
     f = fidelity({"a": np.ones(4), "b": np.full(4, 2.0)}, ref)
-    assert f.rel_l2 == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="shape"):
-        fidelity({"a": np.ones(3), "b": np.ones(4)}, ref)
-    with pytest.raises(ValueError, match="missing"):
-        fidelity({"a": np.ones(4)}, ref)
+    assert f.rel_l2 == pytest.approx(1.0) and f.outputs_compared == 2
+    loose = Tolerance(max_abs=1e9, rel_l2=1e9, min_cosine=-1.0)
+    shape = fidelity({"a": np.ones(3), "b": np.ones(4)}, ref)
+    assert shape.outputs_compared == 1 and any("shape (3,)" in r for r in check(shape, loose))
+    missing = fidelity({"a": np.ones(4)}, ref)
+    assert any("'b' missing" in r for r in check(missing, loose))
 
 
-def test_non_finite_output_fails_every_gate():
+def test_a_finite_value_where_the_reference_has_nan_fails_every_tolerance():
     f = fidelity({"y": np.array([np.nan, 1.0])}, {"y": np.array([1.0, 1.0])})
-    reasons = check(f, Tolerance(max_abs=1.0, rel_l2=1.0, min_cosine=0.0))
-    assert len(reasons) == 3
+    assert f.nonfinite_mismatch == 1 and f.nonfinite == 0
+    assert check(f, Tolerance(max_abs=1e9, rel_l2=1e9, min_cosine=-1.0)) != []
+    g = fidelity({"y": np.array([0.0, 1.0])}, {"y": np.array([np.nan, 1.0])})  # NaN replaced by 0
+    assert g.nonfinite_mismatch == 1 and g.nonfinite == 1
+    assert check(g, Tolerance(max_abs=1e9, rel_l2=1e9, min_cosine=-1.0)) != []
+
+
+def test_reproducing_the_references_nan_and_inf_is_exact():
+    ref = np.array([np.nan, np.inf, -np.inf, 2.0, 3.0])
+    f = fidelity({"y": ref.copy()}, {"y": ref})
+    assert (f.max_abs, f.rel_l2, f.cosine, f.nonfinite, f.nonfinite_mismatch) == (0.0, 0.0, 1.0, 3, 0)
+    assert check(f, Tolerance(max_abs=0.0, rel_l2=0.0, min_cosine=1.0)) == []
+    flipped = fidelity({"y": np.array([np.nan, -np.inf, -np.inf, 2.0, 3.0])}, {"y": ref})
+    assert flipped.nonfinite_mismatch == 1  # -Inf is not +Inf
+
+
+def test_one_nan_does_not_hide_the_other_errors():
+    ref = np.arange(8, dtype=np.float32) + 1
+    expected = ref + 1000
+    expected[0] = np.nan
+    f = fidelity({"y": ref}, {"y": expected})
+    assert f.max_abs == pytest.approx(1000.0) and f.nonfinite_mismatch == 1
+    reasons = check(f, Tolerance(max_abs=5e-3, rel_l2=1e-3, min_cosine=0.99999))
+    assert any(r.startswith("max_abs 1e+03") for r in reasons)
+
+
+def test_zero_dimensional_and_integer_outputs_compare():
+    assert fidelity({"s": np.float32(2.0)}, {"s": np.float32(2.0)}).outputs_compared == 1
+    f = fidelity({"i": np.array([1, 2, 3], np.int64)}, {"i": np.array([1, 2, 4], np.int64)})
+    assert f.max_abs == 1.0
 
 
 def test_gate_names_each_violation():
