@@ -53,8 +53,14 @@ class OrtCpu:
         def run(inputs: Arrays) -> Arrays:
             return dict(zip(names, session.run(names, inputs)))
 
+        def profile(inputs: Arrays, runs: int):
+            from chipbench.backends.ort_profile import profile_ort
+
+            return profile_ort(model_path, inputs, runs=runs, threads=threads)
+
         return Compiled(
             run=run,
+            profile=profile,
             compile_s=compile_s,
             artifact_bytes=model_path.stat().st_size,
             target="cpu",

@@ -217,10 +217,18 @@ class TvmLlvm:
             outs = main(*(buffers[n] for n in names), *params)
             return dict(zip(out_names, _to_numpy(outs)))
 
+        def profile(inputs: Arrays, runs: int):
+            from chipbench.backends.tvm_profile import profile_build
+
+            return profile_build(self.name, mod, exe, weights, target, pipeline, inputs, names, runs=runs,
+                                 threads=threads, tuned=database is not None,
+                                 weight_prepack=bool(spec.options.get("weight_prepack")))
+
         lib_bytes = library_bytes(exe)
         param_bytes = sum(int(np.prod(w.shape)) * w.dtype.itemsize for w in (p.numpy() for p in weights))
         return Compiled(
             run=run,
+            profile=profile,
             compile_s=compile_s,
             artifact_bytes=lib_bytes + param_bytes,
             target=str(target),

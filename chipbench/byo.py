@@ -115,11 +115,12 @@ def _hint(name: str, dims: tuple[Any, ...], batch: int) -> str:
 
 
 def plan_inputs(model: Any, path: Path, specs: dict[str, InputSpec], batch: int | None,
-                default_batch: int = 1, data: Arrays | None = None) -> InputPlan:
+                default_batch: int = 1, data: Arrays | None = None, data_file: Path | None = None) -> InputPlan:
     """Shapes and the batch for every graph input, checked against the graph (ModelError).
 
     `batch` is what the user asked for (`--batch`), `default_batch` what the scenario runs when
-    nothing was asked; `data` are the `--input-data` arrays when given."""
+    nothing was asked; `data` are the `--input-data` arrays when given (read from `data_file`)."""
+    holds = f"--input-data {data_file} holds" if data_file else "--input-data holds"
     inputs = graph_inputs(model)
     by_name = {i.name: i for i in inputs}
     for name in set(specs) | set(data or {}):
@@ -135,9 +136,9 @@ def plan_inputs(model: Any, path: Path, specs: dict[str, InputSpec], batch: int 
                 raise ModelError(f"{path}: input '{name}' has a zero-sized dim {axis} "
                                  f"(shape {'x'.join(map(str, dims))}): nothing to compute")
         if data is not None:
-            given, source = data[name].shape, "--input-data holds"
+            given, source = data[name].shape, holds
             if data[name].dtype.name != dtype:
-                raise ModelError(f"{path}: input '{name}' is {dtype} in the graph; --input-data holds {data[name].dtype.name}")
+                raise ModelError(f"{path}: input '{name}' is {dtype} in the graph; {holds} {data[name].dtype.name}")
         elif name in specs:
             given, source = specs[name].shape, "--input gave"
             if specs[name].dtype not in (None, dtype):
@@ -381,7 +382,7 @@ def check_model_cell(model_path: Path, input_specs: list[str], input_data: Path 
     if data is not None and specs:
         raise ModelError("--input and --input-data both give input shapes: give one of them")
     for default_batch in default_batches:
-        plan_inputs(model, model_path, specs, batch, default_batch, data)
+        plan_inputs(model, model_path, specs, batch, default_batch, data, input_data)
     if expected is not None:
         check_expected(model_path, model, load_arrays(expected, [o.name for o in model.graph.output], "output"),
                        expected)
@@ -409,7 +410,7 @@ def prepare_model(model_path: str, input_specs: list[str], expected: str | None,
     model = load_model_safely(path)
     specs = {s.name: s for s in map(parse_input_spec, input_specs)}
     data = load_arrays(Path(input_data), [i.name for i in graph_inputs(model)], "input") if input_data else None
-    plan = plan_inputs(model, path, specs, batch, default_batch, data)
+    plan = plan_inputs(model, path, specs, batch, default_batch, data, Path(input_data) if input_data else None)
     static = static_copy(model, plan.shapes)
     inputs = data if data is not None else make_inputs(plan.shapes, seed)
     output_names = [o.name for o in model.graph.output]

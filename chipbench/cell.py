@@ -35,6 +35,7 @@ from chipbench.workloads.base import DEFAULT_TOLERANCES, Tolerance, Workload, ge
 def base_record(cell: Cell, status: str, reason: str | None = None, **extra) -> RunRecord:
     """A record that carries the cell's identity and provenance, whatever became of it."""
     workload = describe_workload(cell)
+    extra.setdefault("kind", "profile" if cell.profile_runs else "run")
     return RunRecord(
         workload=workload,
         backend=extra.pop("backend", {"name": cell.backend, "versions": {}}),
@@ -219,6 +220,8 @@ def execute(cell: Cell) -> RunRecord:
     compile_info = {"seconds": compiled.compile_s, "artifact_bytes": compiled.artifact_bytes}
     provenance["device"] = describe_device(device, compiled)
     try:
+        if cell.profile_runs:
+            return _profile(cell, prep, compiled, ran, compile_info)
         return _measure(cell, prep, compiled, ran, compile_info, coverage(ops, "ran") if ops else None)
     except Exception as exc:
         return base_record(cell, "failed", f"run: {one_line(exc)}", **ran, compile=compile_info,
@@ -226,6 +229,22 @@ def execute(cell: Cell) -> RunRecord:
     finally:
         if compiled.close:
             compiled.close()
+
+
+def _profile(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_info) -> RunRecord:
+    """A per-operator profile of the compiled model, checked for fidelity first (a profile of a
+    build that computes something else would be a profile of nothing)."""
+    if compiled.profile is None:
+        return base_record(cell, "unsupported", f"{cell.backend} offers no per-operator profile",
+                           **ran, compile=compile_info)
+    fid = fidelity(compiled.run(prep.prepared.inputs), prep.prepared.reference)
+    failures = check(fid, prep.tolerance)
+    prof = compiled.profile(prep.prepared.inputs, cell.profile_runs)
+    prof.workload, prof.batch = cell.workload, prep.batch
+    accuracy = {"fidelity": fid.to_dict(), "tolerance": dict(vars(prep.tolerance)), "failures": failures, "task": None}
+    return base_record(cell, "ok", "; ".join(failures) or None, **ran, compile=compile_info,
+                       accuracy=_finite(accuracy), verdict="INVALID" if failures else "VALID",
+                       profile=prof.to_dict(), notes=prep.notes, work=prep.work)
 
 
 def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_info, ops_coverage):

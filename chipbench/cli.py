@@ -105,9 +105,9 @@ def run(
             cells = load_suite(suite)
         elif model is not None and backend:
             cells = expand([model.stem], _split(backend), _split(precision) or None, _split(scenario) or None,
-                           model=str(model.resolve()), inputs=tuple(inputs or ()),
-                           input_data=str(input_data.resolve()) if input_data else None,
-                           expected=str(expected.resolve()) if expected else None)
+                           model=str(model), inputs=tuple(inputs or ()),
+                           input_data=str(input_data) if input_data else None,
+                           expected=str(expected) if expected else None)
         elif workload and backend:
             cells = expand(_split(workload), _split(backend), _split(precision) or None, _split(scenario) or None)
         else:
@@ -116,9 +116,10 @@ def run(
             fail("--input, --input-data and --expected go with --model")
         cells = with_overrides(cells, batch=batch, min_duration_s=min_duration, min_count=min_count,
                                timeout_s=timeout, seed=seed, task_samples=task_samples,
-                               tuning_db=str(tuning_db.resolve()) if tuning_db else None, device=device, target=target)
+                               tuning_db=str(tuning_db) if tuning_db else None, device=device, target=target)
         for cell in cells:
             check_cell(cell)
+        cells = [cell.with_absolute_paths() for cell in cells]
     except SuiteError as exc:
         fail(str(exc))
     _check_names(cells, f"{suite}: " if suite is not None else "")
@@ -188,10 +189,14 @@ def _checked_models(cells):
 
 
 def _progress(cell, rec) -> None:
+    """One line per finished cell on stderr."""
     if rec.status == "ok":
         color = "green" if rec.verdict == "VALID" else "red"
-        err.print(f"  [{color}]{rec.verdict}[/{color}] {escape(cell.label())}: p50 {rec.latency['median']:.3g} ms, "
-                  f"{rec.throughput['value']:.4g} samples/s", markup=True, soft_wrap=True)
+        if rec.latency:
+            figures = f"p50 {rec.latency['median']:.3g} ms, {rec.throughput['value']:.4g} samples/s"
+        else:
+            figures = f"end to end {rec.profile['e2e_ms']:.3g} ms, {len(rec.profile['ops'])} operators"
+        err.print(f"  [{color}]{rec.verdict}[/{color}] {escape(cell.label())}: {figures}", markup=True, soft_wrap=True)
     else:
         color = "red" if rec.status == "failed" else "yellow"
         err.print(f"  [{color}]{rec.status.upper()}[/{color}] {escape(cell.label())}: {escape(rec.reason or '')}",
@@ -343,30 +348,53 @@ def kernels(
 @app.command()
 def profile(
     workload: Annotated[list[str], typer.Option("-w", "--workload", help="Workload name(s).")],
-    backend: Annotated[Optional[list[str]], typer.Option("-b", "--backend", help="ort-cpu, tvm-llvm, tvm-llvm-tuned.")] = None,
-    batch: Annotated[int, typer.Option("--batch")] = 1,
-    runs: Annotated[int, typer.Option("--runs")] = 10,
+    backend: Annotated[Optional[list[str]], typer.Option("-b", "--backend", help="Backends with a per-operator profiler (default ort-cpu,tvm-llvm).")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1)] = 1,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Profiled runs (the median is reported).")] = 10,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda[:N] or rpc://HOST:PORT/KEY.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", callback=_positive, help="Seconds before a cell is killed.")] = 600.0,
     results_dir: ResultsDir = Path("results"),
 ) -> None:
-    """Per-operator time breakdown, placed on this machine's roofline (run `chipbench probe` first)."""
-    from chipbench.opprofile import OpProfileError, profile as take_profile, render_markdown
-    from chipbench.paths import atomic_write_text
-    from chipbench.probe import load_profile
+    """Per-operator time breakdown, each taken in its own cell and stored as a record of kind
+    "profile"; printed placed on this machine's roofline (run `chipbench probe` first)."""
+    from dataclasses import replace
 
-    device = load_profile(results_dir)
-    if device is None:
+    from chipbench.opprofile import OpProfileError, attach_roofline, render_markdown
+    from chipbench.probe import load_profile
+    from chipbench.profiling import profile_cell, profile_of
+    from chipbench.runner import Interrupted, run_cells
+    from chipbench.store import ResultsStore, StoreError
+    from chipbench.suite import SuiteError, check_cell
+
+    cells = [replace(profile_cell(w, b, batch, runs, device), timeout_s=timeout)
+             for w in _split(workload) for b in _split(backend) or ["ort-cpu", "tvm-llvm"]]
+    try:
+        for cell in cells:
+            check_cell(cell)
+    except SuiteError as exc:
+        fail(str(exc))
+    _check_names(cells)
+    store = ResultsStore(results_dir)
+    try:
+        store.check_writable()
+        records = run_cells(cells, store, on_done=_progress)
+    except StoreError as exc:
+        fail(str(exc), code=1)
+    except Interrupted as exc:
+        fail(f"interrupted by {signal_name(exc.signum)}; finished profiles are stored", code=128 + exc.signum)
+    ceilings = load_profile(results_dir)
+    if ceilings is None:
         err.print("no device profile yet: roofline columns stay empty (run `chipbench probe`)")
-    for w in _split(workload):
-        for b in _split(backend) or ["ort-cpu", "tvm-llvm"]:
-            try:
-                prof = take_profile(w, b, batch=batch, runs=runs, device=device)
-            except (OpProfileError, KeyError) as exc:
-                err.print(f"[yellow]{escape(w)} × {escape(b)}: {escape(str(exc))}[/yellow]", markup=True)
-                continue
-            path = results_dir / "profiles" / f"{w}-{b}-b{batch}.json"
-            atomic_write_text(path, json.dumps(prof.to_dict(), indent=1))
-            print(render_markdown(prof))
-            err.print(f"wrote {path}")
+    for record in records:
+        try:
+            prof = profile_of(record)
+        except OpProfileError:
+            continue
+        if ceilings is not None:
+            attach_roofline(prof, ceilings, record.precision)
+        print(render_markdown(prof))
+    if any(r.status == "failed" for r in records):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -380,7 +408,9 @@ def project(
 ) -> None:
     """Project a workload onto a (hypothetical) accelerator by roofline, calibrated by this machine."""
     from chipbench.paths import atomic_write_text
+    from chipbench.opprofile import OpProfileError
     from chipbench.project import HardwareSpecError, project as do_project, render_markdown
+    from chipbench.store import StoreError
 
     try:
         cal: object = float(calibration)
@@ -388,7 +418,7 @@ def project(
         cal = calibration
     try:
         proj = do_project(workload, hw, precision=precision, batch=batch, calibration=cal, results_dir=results_dir)
-    except (HardwareSpecError, ValueError, KeyError) as exc:
+    except (HardwareSpecError, ValueError, KeyError, OpProfileError, StoreError) as exc:
         fail(str(exc).strip("'\""))
     text = render_markdown(proj)
     stem = f"{workload}-{Path(hw).stem}-{precision}-b{batch}"

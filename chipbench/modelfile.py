@@ -108,14 +108,17 @@ def _read_external(path: Path, base: Path, tensor: Any) -> None:
     location = info.get("location", "")
     what = f"external data '{location}' of tensor '{tensor.name}'"
     if not location or os.path.isabs(location) or Path(location).drive:
-        raise ModelError(f"{path}: {what} is not a path inside the model's folder")
-    target = base
+        raise ModelError(f"{path}: {what} lies outside the model's folder (an absolute path)")
+    target, link = base, None
     for part in Path(location).parts:  # no symbolic link anywhere on the way, no way out
         target = target / part
-        if target.is_symlink():
-            raise ModelError(f"{path}: {what} passes through a symbolic link ({target.relative_to(base)})")
+        if link is None and target.is_symlink():
+            link = target.relative_to(base)
     if not target.resolve().is_relative_to(base):
-        raise ModelError(f"{path}: {what} lies outside the model's folder")
+        via = f" (through the symbolic link {link})" if link else ""
+        raise ModelError(f"{path}: {what} lies outside the model's folder{via}")
+    if link is not None:
+        raise ModelError(f"{path}: {what} passes through a symbolic link ({link}); external data must be a plain file")
     try:
         st = target.stat()
     except FileNotFoundError:

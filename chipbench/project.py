@@ -271,10 +271,13 @@ def resolve_calibration(calibration: Any, workload_name: str = "", batch: int = 
     if hasattr(calibration, "ops"):  # an OpProfile
         return calibration_from_ops(calibration.ops, calibration.backend)
     if isinstance(calibration, str):
-        from chipbench import opprofile
+        from chipbench.backends.base import backend_names
+        from chipbench.opprofile import attach_roofline
+        from chipbench.profiling import profile_cell, take_profile
+        from chipbench.store import ResultsStore
 
-        if calibration not in opprofile.BACKENDS:
-            raise ValueError(f"calibration must be none, a factor, or one of {', '.join(opprofile.BACKENDS)}; "
+        if calibration not in backend_names():
+            raise ValueError(f"calibration must be none, a factor, or a backend ({', '.join(backend_names())}); "
                              f"got '{calibration}'")
         note = ""
         if device is None:
@@ -283,7 +286,10 @@ def resolve_calibration(calibration: Any, workload_name: str = "", batch: int = 
             device = load_profile(Path(results_dir))
             if device is None:
                 device, note = measure_ceilings(quick=True), "; ceilings from a quick probe (not saved)"
-        prof = opprofile.profile(workload_name, calibration, batch, 10, workload_params, device=device)
+        store = ResultsStore(results_dir)
+        store.check_writable()
+        prof = take_profile(profile_cell(workload_name, calibration, batch, 10, workload_params=workload_params), store)
+        attach_roofline(prof, device)
         cal = calibration_from_ops(prof.ops, calibration)
         return Calibration(cal.factor, cal.source + note, cal.n_ops, cal.median, cal.aggregate)
     ops = list(calibration)

@@ -33,6 +33,8 @@ class RunRecord:
     notes: list[str] = field(default_factory=list)
     coverage: dict[str, Any] | None = None  # ONNX operators: counts and what became of each
     work: dict[str, Any] | None = None  # FLOPs and minimum bytes of one query (for the roofline)
+    kind: str = "run"  # "run": a benchmark; "profile": a per-operator breakdown (in `profile`)
+    profile: dict[str, Any] | None = None  # chipbench.opprofile.OpProfile.to_dict()
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
     schema_version: int = SCHEMA_VERSION
     config_hash: str = ""
@@ -56,12 +58,23 @@ class RunRecord:
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
         return cls(**data)
 
+    @property
+    def device_id(self) -> str:
+        """Where the cell ran, as cells name devices: cpu, cuda:0, rpc://HOST:PORT/KEY."""
+        return (self.provenance.get("device") or {}).get("id") or "cpu"
+
+    @property
+    def device_label(self) -> str:
+        """The device id with what the device calls itself, e.g. "cuda:0 (NVIDIA H200)"."""
+        name = (self.provenance.get("device") or {}).get("name")
+        return f"{self.device_id} ({name})" if name else self.device_id
+
     def cell_key(self) -> str:
         """What makes two records measurements of the same cell: workload (with its params, so a
         foreign model is known by its content hash), backend, device, precision, batch and
         scenario. The newest record of a cell is its current result; the others are history."""
-        key = [self.workload.get("name"), self.workload.get("params"), self.backend.get("name"),
-               (self.provenance.get("device") or {}).get("id", "cpu"), self.precision, self.batch,
+        key = [self.kind, self.workload.get("name"), self.workload.get("params"), self.backend.get("name"),
+               self.device_id, self.precision, self.batch,
                self.scenario.get("name")]
         return json.dumps(key, sort_keys=True, default=str)
 
@@ -70,6 +83,7 @@ def config_hash(rec: RunRecord) -> str:
     """Hash of what makes the result what it is: the same configuration gets the same hash."""
     key = {
         "schema": rec.schema_version,
+        "kind": rec.kind,
         "workload": rec.workload.get("name"),
         "params": rec.workload.get("params"),
         "backend": {k: rec.backend.get(k) for k in ("name", "versions", "target", "pipeline", "tuning_db")},

@@ -31,11 +31,14 @@ def md_escape(value: object) -> str:
 
 @dataclass
 class Table:
+    """One (device, scenario, precision): a row per workload, a column group per backend."""
+
     scenario: str
     precision: str
     batch_note: str
     backends: list[str]
     rows: list[tuple[str, list[RunRecord | None]]] = field(default_factory=list)
+    device: str = "cpu"  # RunRecord.device_label of every record in the table
 
 
 def fmt_ms(v: float | None) -> str:
@@ -96,14 +99,16 @@ def is_kernel(rec: RunRecord) -> bool:
 
 
 def build_tables(records: list[RunRecord]) -> list[Table]:
+    """A table per (device, scenario, precision): figures are set side by side only when they
+    were measured on the same device."""
     records = [r for r in records if not is_kernel(r)]
-    tables: dict[tuple[str, str], Table] = {}
+    tables: dict[tuple[str, str, str], Table] = {}
     for rec in records:
-        key = (rec.scenario["name"], rec.precision)
+        key = (rec.device_label, rec.scenario["name"], rec.precision)
         if key not in tables:
-            tables[key] = Table(rec.scenario["name"], rec.precision, "", [])
-    for (scenario, precision), table in tables.items():
-        group = [r for r in records if r.scenario["name"] == scenario and r.precision == precision]
+            tables[key] = Table(rec.scenario["name"], rec.precision, "", [], device=rec.device_label)
+    for (device, scenario, precision), table in tables.items():
+        group = [r for r in records if (r.device_label, r.scenario["name"], r.precision) == (device, scenario, precision)]
         table.backends = list(dict.fromkeys(r.backend["name"] for r in group))
         batches = sorted({r.batch for r in group})
         table.batch_note = "batch " + ", ".join(map(str, batches))
@@ -129,9 +134,9 @@ def precision_rows(records: list[RunRecord]) -> list[PrecisionRow]:
     """What each precision buys in speed and costs in accuracy, per (workload, backend)."""
     by_key: dict[tuple, dict[str, RunRecord]] = {}
     for r in records:
-        by_key.setdefault((r.workload["name"], r.backend["name"], r.scenario["name"]), {})[r.precision] = r
+        by_key.setdefault((r.workload["name"], r.backend["name"], r.scenario["name"], r.device_id), {})[r.precision] = r
     rows = []
-    for (workload, backend, _), precs in sorted(by_key.items()):
+    for (workload, backend, _, _), precs in sorted(by_key.items()):
         if len(precs) < 2:
             continue
         base = precs.get("fp32")
@@ -226,28 +231,35 @@ class Extras:
         return next((p for r, p in self.points if r.id == rec.id), None)
 
 
-def gather_extras(records: list[RunRecord], results_dir: Path | None) -> Extras:
+def gather_extras(records: list[RunRecord], results_dir: Path | None, profiles: list[RunRecord] = ()) -> Extras:
+    """Ceilings, roofline points and plots, tuning curves, projections, and the per-operator
+    profiles of the `profiles` records (placed on the roofline when the ceilings are known)."""
     if results_dir is None:
         return Extras()
     from chipbench import tuning_curves
+    from chipbench.opprofile import OpProfile, attach_roofline
     from chipbench.probe import load_profile
     from chipbench.roofline import place, plot
 
     extras = Extras(tuning=tuning_curves.tuning_rows(records))
     if any(row.curve for row in extras.tuning):
         extras.images["tuning"] = tuning_curves.plot(extras.tuning, results_dir / "tuning-curves")[0]
-    for path in sorted((results_dir / "profiles").glob("*.json")):
-        extras.profiles.append(json.loads(path.read_text()))
     for path in sorted((results_dir / "projections").glob("*.md")):
         extras.projections.append(path.read_text())
     device = load_profile(results_dir)
+    for rec in profiles:
+        if rec.status == "ok" and rec.profile:
+            prof = OpProfile.from_dict(rec.profile)
+            if device is not None:
+                attach_roofline(prof, device, rec.precision)
+            extras.profiles.append(prof.to_dict())
     if device is None:
         return extras
     extras.device = {"peaks": device.peak_gflops, "bandwidth": device.bandwidth_gbps,
                      "theoretical": device.theoretical_gflops, "measured_at": device.measured_at,
                      "quick": device.quick}
-    for r in records:
-        if r.status == "ok" and r.work and r.work.get("flops") and r.precision == "fp32":
+    for r in records:  # the measured ceilings are this host CPU's: only its records go on this roofline
+        if r.status == "ok" and r.work and r.work.get("flops") and r.precision == "fp32" and r.device_id == "cpu":
             label = f"{r.workload['name']} {r.backend['name']}" + ("" if r.batch == 1 else f" b{r.batch}")
             seconds = r.latency["median"] / 1e3
             extras.points.append((r, place(device, label, r.work["flops"], r.work["bytes"], seconds)))
@@ -292,7 +304,10 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
 
 def write_reports(records: list[RunRecord], md_path: Path | None, html_path: Path | None,
                   results_dir: Path | None = None) -> list[Path]:
-    extras = gather_extras(records, results_dir)
+    """Markdown and self-contained HTML reports of `records` (benchmarks and per-op profiles)."""
+    profiles = [r for r in records if r.kind == "profile"]
+    records = [r for r in records if r.kind != "profile"]
+    extras = gather_extras(records, results_dir, profiles)
     written = []
     if md_path is not None:
         refs = {name: os.path.relpath(png, md_path.parent) for name, png in extras.images.items()}

@@ -59,6 +59,16 @@ class ResultsStore:
         is a readable SQLite database. Raises StoreError naming the path."""
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root}: results dir is a file, not a folder")
+        if self.db_path.exists():  # an index that is there must be readable before anything is made
+            if not self.db_path.is_file():
+                raise StoreError(f"{self.db_path}: the results index is not a file")
+            try:
+                with closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as conn:
+                    # an SQLite database (another sweep may have made it and not its table yet)
+                    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.db_path}: not a usable results index ({exc}); move it aside or run "
+                                 f"`chipbench store rebuild --results-dir {self.root}`") from None
         for folder in (self.runs_dir, self.incoming_dir):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -67,16 +77,12 @@ class ResultsStore:
                 probe.unlink()
             except OSError as exc:
                 raise StoreError(f"{folder}: cannot write results here ({exc.strerror or exc})") from None
-        if self.db_path.exists() and not self.db_path.is_file():
-            raise StoreError(f"{self.db_path}: the results index is not a file")
         try:
             with closing(self._connect()) as conn:
-                conn.execute("SELECT count(*) FROM runs").fetchone()
                 conn.execute("BEGIN IMMEDIATE")  # a write lock: the index accepts writes
                 conn.rollback()
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.db_path}: not a usable results index ({exc}); move it aside or run "
-                             f"`chipbench store rebuild --results-dir {self.root}`") from None
+            raise StoreError(f"{self.db_path}: cannot write the results index ({exc})") from None
 
     def add(self, record: RunRecord) -> Path:
         """JSON file first (atomic rename), then the index row. Raises StoreError (the record
@@ -112,7 +118,7 @@ class ResultsStore:
         if not self.db_path.exists():
             return []
         try:
-            with closing(sqlite3.connect(self.db_path, timeout=60)) as conn:
+            with closing(self._connect()) as conn:
                 rows = conn.execute("SELECT id, record FROM runs ORDER BY created, rowid").fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.db_path}: not a readable results index ({exc}); run "
@@ -168,7 +174,7 @@ class ResultsStore:
         moved = None
         if self.db_path.exists():
             try:
-                with closing(sqlite3.connect(self.db_path)) as conn:
+                with closing(self._connect()) as conn:
                     conn.execute("SELECT count(*) FROM runs").fetchone()
             except sqlite3.Error:
                 stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -196,7 +202,7 @@ def canonical(value: object) -> str:
 def incoming_path(store: ResultsStore, token: str) -> Path:
     """Where a cell started by this process writes its record: named by this process's pid,
     so that `sync()` in another process leaves it alone while this one is alive."""
-    return store.incoming_dir / f"{os.getpid()}-{token}.json"
+    return store.incoming_dir.resolve() / f"{os.getpid()}-{token}.json"  # absolute: cells run elsewhere
 
 
 def _writer_alive(path: Path) -> bool:

@@ -35,6 +35,7 @@ class Cell:
     inputs: tuple[str, ...] = ()  # NAME:SHAPE[:DTYPE] for a model's dynamic inputs
     input_data: str | None = None  # arrays to feed the model (.npz, .npy, .pb, test-data folder)
     expected: str | None = None  # the model's expected outputs on input_data
+    profile_runs: int | None = None  # a per-operator profile over this many runs instead of a benchmark
     device: str | None = None  # cpu, cuda[:N], rpc://HOST:PORT/KEY; None: the backend's own default
     target: str | None = None  # compile for this target instead of the device's own (cross-compilation)
     settings: MeasureSettings = field(default_factory=MeasureSettings)
@@ -49,10 +50,17 @@ class Cell:
         data["inputs"] = tuple(data.get("inputs", ()))
         return cls(**data)
 
+    def with_absolute_paths(self) -> Cell:
+        """The cell with its file paths made absolute: cells run in a folder of their own."""
+        paths = {k: str(Path(v).resolve()) for k in ("model", "input_data", "expected", "tuning_db")
+                 if (v := getattr(self, k))}
+        return replace(self, **paths)
+
     def label(self) -> str:
         batch = f" b{self.batch}" if self.scenario == "offline" and self.batch else ""
         device = f" @ {self.device}" if self.device else ""
-        return f"{self.workload} × {self.backend}{device} [{self.precision}, {self.scenario}{batch}]"
+        what = f"per-op profile, {self.profile_runs} runs" if self.profile_runs else self.scenario
+        return f"{self.workload} × {self.backend}{device} [{self.precision}, {what}{batch}]"
 
 
 _CELL_KEYS = {f.name for f in fields(Cell)} - {"settings"}
@@ -63,7 +71,7 @@ _LIMITS: dict[str, tuple[type, float, bool]] = {
     "batch": (int, 1, True), "seed": (int, 0, True), "threads": (int, 1, True), "timeout_s": (float, 0, False),
     "task_samples": (int, 0, True), "warmup_count": (int, 0, True), "warmup_s": (float, 0, True),
     "min_count": (int, 1, True), "min_duration_s": (float, 0, True), "max_duration_s": (float, 0, False),
-    "max_count": (int, 1, True), "offline_batch": (int, 1, True),
+    "max_count": (int, 1, True), "offline_batch": (int, 1, True), "profile_runs": (int, 1, True),
 }
 _OPTIONAL_STRINGS = ("tuning_db", "kernel", "model", "input_data", "expected", "device", "target")
 
@@ -74,7 +82,7 @@ def check_cell(cell: Cell) -> None:
     values = {**{k: getattr(cell, k) for k in _CELL_KEYS}, **cell.settings.to_dict()}
     for name, (kind, low, inclusive) in _LIMITS.items():
         value = values[name]
-        if value is None and name in ("batch", "threads"):
+        if value is None and name in ("batch", "threads", "profile_runs"):
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not number or (kind is int and not isinstance(value, int)):

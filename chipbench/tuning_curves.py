@@ -40,8 +40,8 @@ class TuningRow:
 def tuning_rows(records: list[RunRecord]) -> list[TuningRow]:
     from chipbench.tuning import break_even
 
-    def key(r: RunRecord) -> tuple:
-        return r.workload["name"], r.scenario["name"], r.precision, r.batch
+    def key(r: RunRecord) -> tuple:  # ratios only within one device
+        return r.workload["name"], r.scenario["name"], r.precision, r.batch, r.device_id
 
     medians = {(r.backend["name"], *key(r)): r.latency["median"]
                for r in records if r.status == "ok" and r.latency}

@@ -74,6 +74,7 @@ def test_crash_and_hang_cost_one_cell_each(tmp_path):
     assert by["hang-double"]["status"] == "failed" and "timed out after 15 s" in by["hang-double"]["reason"]
     assert by["null"]["status"] == "ok"
     assert by["missing-double"]["status"] == "skipped" and "libfoo" in by["missing-double"]["reason"]
+    assert (tmp_path / "report.md").exists(), proc.stderr
     md = (tmp_path / "report.md").read_text()
     assert "SIGABRT" in md and "timed out" in md
 

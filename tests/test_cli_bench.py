@@ -14,13 +14,15 @@ def test_probe_kernels_profile_project_report(tmp_path):
     cli("kernels", "-k", "gemm/smoke,softmax/smoke", "-b", "ort-cpu", "--min-duration", "0.05",
         "--results-dir", res)
     recs = records(res)
-    assert sorted(r["workload"]["name"] for r in recs) == ["gemm/smoke", "softmax/smoke"]
+    assert sorted(r["workload"]["name"] for r in recs) == ["gemm/smoke", "softmax/smoke"]  # benchmarks
     assert all(r["verdict"] == "VALID" and r["work"]["flops"] > 0 for r in recs)
     assert all(r["provenance"]["device_profile"]["peak_gflops"]["fp32"] > 0 for r in recs)
 
-    cli("profile", "-w", "tiny-mlp", "-b", "ort-cpu", "--runs", "3", "--results-dir", res)
-    prof = json.loads((res / "profiles" / "tiny-mlp-ort-cpu-b1.json").read_text())
-    assert {op["op_type"] for op in prof["ops"]} >= {"Gemm"}
+    out = cli("profile", "-w", "tiny-mlp", "-b", "ort-cpu", "--runs", "3", "--results-dir", res).stdout
+    assert "Per-op breakdown: tiny-mlp on ort-cpu" in out
+    (prof,) = [r for r in records(res) if r["kind"] == "profile"]
+    assert {op["op_type"] for op in prof["profile"]["ops"]} >= {"Gemm"}
+    assert prof["provenance"]["onnx_sha256"] and prof["provenance"]["device"]["kind"] == "cpu"
 
     proj = cli("project", "--hw", "edge-npu", "-w", "tiny-mlp", "--calibration", "none",
                "--results-dir", res).stdout

@@ -202,3 +202,16 @@ def test_a_rerun_that_fails_keeps_the_good_record_in_the_history(tmp_path):
     store = ResultsStore(tmp_path)
     assert [r.status for r in store.records()] == ["ok", "failed"]
     assert [r.status for r in store.latest()] == ["failed"]  # the report shows what happened last
+
+
+def test_nothing_in_the_working_folder_runs_inside_a_cell(tmp_path):
+    """Cells start as `python -P` in a private folder: a module lying in the user's folder is
+    never imported, whatever its name, and relative paths still mean the user's folder."""
+    for module in ("tomllib", "numpy", "chipbench"):
+        (tmp_path / f"{module}.py").write_text(f"open({str(tmp_path / (module + '.RAN'))!r}, 'w').close()\n")
+    chipbench = Path(sys.executable).with_name("chipbench")
+    proc = subprocess.run([str(chipbench), "run", "-w", "tiny-mlp", "-b", "null", *FAST, "--results-dir", "res"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    assert [r["verdict"] for r in stored(tmp_path / "res")] == ["VALID"]
+    assert not list(tmp_path.glob("*.RAN"))

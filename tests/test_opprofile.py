@@ -7,22 +7,36 @@ from __future__ import annotations
 import pytest
 
 from chipbench import opprofile
-from chipbench.opprofile import OpTime, markdown_table, render_markdown, tvm_op_types
+from chipbench.backends.base import CompileSpec, get_backend
+from chipbench.backends.tvm_profile import tvm_op_types
+from chipbench.opprofile import OpProfile, OpTime, markdown_table, render_markdown
+from chipbench.prepare import prepare_workload
 from chipbench.roofline import Ceilings
+from chipbench.workloads.base import get_workload
 
 BATCH = 2
 FEATURES, HIDDEN, CLASSES = 16, 32, 4  # tests/doubles.py TinyMlp defaults
 
 
+def compiled_profile(backend: str, runs: int, **spec) -> OpProfile:
+    """The backend's own `Compiled.profile` of tiny-mlp at BATCH, in this process."""
+    prepared = prepare_workload(get_workload("tiny-mlp"), BATCH, 0)
+    compiled = get_backend(backend).compile(prepared.source, CompileSpec(batch=BATCH, **spec))
+    prof = compiled.profile(prepared.inputs, runs)
+    prof.workload, prof.batch = "tiny-mlp", BATCH
+    return prof
+
+
 @pytest.fixture(scope="module")
 def ort_profile():
-    return opprofile.profile("tiny-mlp", "ort-cpu", batch=BATCH, runs=5, warmup=2,
-                             device=Ceilings(peak_gflops=100.0, bandwidth_gbps=20.0))
+    prof = compiled_profile("ort-cpu", 5)
+    opprofile.attach_roofline(prof, Ceilings(peak_gflops=100.0, bandwidth_gbps=20.0))
+    return prof
 
 
 @pytest.fixture(scope="module")
 def tvm_profile():
-    return opprofile.profile("tiny-mlp", "tvm-llvm", batch=BATCH, runs=3, warmup=1)
+    return compiled_profile("tvm-llvm", 3)
 
 
 def _onnx_totals():
@@ -109,20 +123,37 @@ def test_attach_roofline_leaves_flopless_ops_unplaced():
     assert ops[1].bound == "memory" and ops[1].pct_of_roofline is None
 
 
-def test_unknown_backend_is_one_line():
-    with pytest.raises(opprofile.OpProfileError, match="not 'torch-eager'"):
-        opprofile.profile("tiny-mlp", "torch-eager")
+def test_a_profile_survives_its_record():
+    prof = OpProfile("w", "b", 1, 3, 2, 1.5, [OpTime("b", "n", "Conv", 1.0, flops=2.0, covers=("c",))], "m")
+    again = OpProfile.from_dict(prof.to_dict())
+    assert again == prof and again.ops[0].covers == ("c",)
+
+
+def test_profile_cells_are_stored_and_a_backend_without_a_profiler_says_so(tmp_path):
+    from chipbench.profiling import profile_cell, profile_of, take_profile
+    from chipbench.store import ResultsStore
+
+    store = ResultsStore(tmp_path)
+    prof = take_profile(profile_cell("tiny-mlp", "ort-cpu", batch=BATCH, runs=3), store)
+    assert prof.backend == "ort-cpu" and prof.batch == BATCH and prof.ops
+    (record,) = store.records()
+    assert record.kind == "profile" and record.verdict == "VALID" and record.latency is None
+    with pytest.raises(opprofile.OpProfileError, match="offers no per-operator profile"):
+        take_profile(profile_cell("tiny-mlp", "torch-eager", runs=3), store)
+    assert [r.status for r in store.records()] == ["ok", "unsupported"]
+    assert profile_of(store.records()[0]).ops[0].name == prof.ops[0].name
 
 
 @pytest.mark.slow
 def test_tuned_tvm_rows_are_fused_primfuncs(tmp_path):
+    from chipbench.backends.base import Unsupported
     from chipbench.tuning import tune
 
     tune("tiny-mlp", 4, tmp_path, kind="workload", batch=BATCH, strategy="replay-trace", cost_model="random",
          trials_per_iter=4, measure_s=0.05, log=lambda msg: None)
-    prof = opprofile.profile("tiny-mlp", "tvm-llvm-tuned", batch=BATCH, runs=3, warmup=1,
-                             tuning_db=tmp_path / "tuning")
+    prof = compiled_profile("tvm-llvm-tuned", 3, tuning_db=tmp_path / "tuning")
     assert prof.backend == "tvm-llvm-tuned" and "metaschedule" in prof.method
     assert any(o.name.startswith("fused_") and "matmul" in o.op_type for o in prof.ops)
-    with pytest.raises(opprofile.OpProfileError, match="no tuning database"):
-        opprofile.profile("tiny-mlp", "tvm-llvm-tuned", batch=BATCH + 1, tuning_db=tmp_path / "tuning")
+    with pytest.raises(Unsupported, match="no tuning database"):
+        prepared = prepare_workload(get_workload("tiny-mlp"), BATCH + 1, 0)
+        get_backend("tvm-llvm-tuned").compile(prepared.source, CompileSpec(batch=BATCH + 1, tuning_db=tmp_path / "tuning"))
