@@ -61,6 +61,20 @@ def test_cross_compiled_library_holds_sm90_machine_code(workload, precision, tmp
         assert {str(w.dtype) for w in build.weights} == {"float16"}
 
 
+@needs_compiler
+@no_gpu_here
+def test_stub_is_what_lets_tvm_load_its_cuda_module_here():
+    """Without a driver TVM's CUDA runtime module does not load (so TVM would embed CUDA source);
+    with the stub on the library path of a child process, it does."""
+    from chipbench.cuda_stub import subprocess_env
+
+    code = 'import tvm; print(tvm.get_global_func("ffi.Module.create.cuda", allow_missing=True) is not None)'
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    stubbed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env=subprocess_env())
+    assert (plain.stdout.strip(), stubbed.stdout.strip()) == ("False", "True")
+
+
 @needs_nvcc
 def test_device_code_reader_agrees_with_nvcc(tmp_path):
     """The ELF and fatbin readers, checked on what nvcc itself writes for known architectures."""
