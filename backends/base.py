@@ -114,6 +114,12 @@ class Compiled:
 
 @runtime_checkable
 class Backend(Protocol):
+    """A runtime family. Optional capability (absent on most backends; see `compile_capability`):
+    - `can_compile() -> (bool, reason)`: cheap (no heavy imports), can this host compile for the
+      backend's device even where it cannot run (cross-compilation: `tvm-cuda` builds GPU code on
+      a host without a GPU, for a bundle to run elsewhere). Default: `available()`.
+    """
+
     name: str
     description: str
     precisions: tuple[str, ...]
@@ -129,8 +135,15 @@ class Backend(Protocol):
     def compile(self, source: ModelSource, spec: CompileSpec) -> Compiled: ...
 
 
+def compile_capability(backend: Backend) -> tuple[bool, str]:
+    """Can this host compile with `backend` (not necessarily run): its `can_compile()` when it
+    has one, else its `available()`."""
+    can_compile = getattr(backend, "can_compile", None)
+    return can_compile() if callable(can_compile) else backend.available()
+
+
 _REGISTRY: dict[str, Callable[[], Backend]] = {}
-_BUILTIN_MODULES = ("ort", "tvm", "tvm_tuned", "torch_backends", "null")
+_BUILTIN_MODULES = ("ort", "tvm", "tvm_tuned", "tvm_cuda", "torch_backends", "null")
 _loaded = False
 
 
