@@ -388,7 +388,7 @@ class TvmCuda:
         from chipbench.backends.tvm import _to_numpy, load
         from chipbench.gpuinfo import cuda_device_info
 
-        require_precision(self, spec)
+        require_precision(self, spec, source)
         index = spec.device.index if spec.device.kind == "cuda" else 0
         device = tvm.cuda(index)
         if not device.exist:
@@ -403,7 +403,7 @@ class TvmCuda:
 
         def upload(inputs: Arrays) -> list:
             for n in names:
-                x = np.ascontiguousarray(inputs[n])
+                x = np.asarray(inputs[n], order="C")  # keeps 0-d arrays 0-d
                 buf = buffers.get(n)
                 if buf is None or tuple(buf.shape) != x.shape or buf.dtype != str(x.dtype):
                     buf = buffers[n] = tvm.runtime.empty(x.shape, str(x.dtype), device)
