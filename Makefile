@@ -5,6 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RESULTS ?= results
 SUITE  ?= suites/default.toml
+# what `make run` profiles and projects besides the suite (CI's smoke run takes smaller ones)
+PROFILE_WORKLOADS ?= vibration-cnn1d,sensor-transformer
+PROJECT_WORKLOAD  ?= edge-inspect
+PROBE_FLAGS ?=
 
 .PHONY: install run report probe test test-slow bench bench-kernels clean
 
@@ -20,9 +24,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Ceilings once per machine, per-op breakdowns of two workloads, then the suite and its report.
 run: $(STAMP)
-	$(BIN)/chipbench probe --if-missing --results-dir $(RESULTS)
-	$(BIN)/chipbench profile -w vibration-cnn1d,sensor-transformer -b ort-cpu,tvm-llvm --results-dir $(RESULTS) > /dev/null
-	$(BIN)/chipbench project --hw edge-npu -w edge-inspect --precision int8 --results-dir $(RESULTS) > /dev/null
+	$(BIN)/chipbench probe --if-missing $(PROBE_FLAGS) --results-dir $(RESULTS)
+	$(BIN)/chipbench profile -w $(PROFILE_WORKLOADS) -b ort-cpu,tvm-llvm --results-dir $(RESULTS) > /dev/null
+	$(BIN)/chipbench project --hw edge-npu -w $(PROJECT_WORKLOAD) --precision int8 --results-dir $(RESULTS) > /dev/null
 	$(BIN)/chipbench run --suite $(SUITE) --results-dir $(RESULTS)
 
 report: $(STAMP)
