@@ -29,6 +29,7 @@ from chipbench.backends.base import Arrays, ModelSource
 from chipbench.errors import first_line, one_line
 from chipbench.modelfile import ModelError, NUMPY_DTYPES, load_model_safely, tensor_dtype
 from chipbench.paths import atomic_write_bytes, cache_dir
+from chipbench.prepare import sha256_file
 
 __all__ = ["ModelError", "InputSpec", "InputPlan", "parse_input_spec", "load_model_safely", "plan_inputs",
            "check_model_cell", "prepare_model", "make_inputs", "load_arrays", "graph_precision"]
@@ -355,14 +356,6 @@ def check_expected(path: Path, model: Any, expected: Arrays, source: Path) -> No
                              f"the graph declares {shown}")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class ModelCheck:
     """What the CLI learned about a foreign model before any cell runs."""
@@ -386,7 +379,7 @@ def check_model_cell(model_path: Path, input_specs: list[str], input_data: Path 
     if expected is not None:
         check_expected(model_path, model, load_arrays(expected, [o.name for o in model.graph.output], "output"),
                        expected)
-    return ModelCheck(file_sha256(model_path), graph_precision(model))
+    return ModelCheck(sha256_file(model_path), graph_precision(model))
 
 
 def ort_reference(path: Path, inputs: Arrays) -> Arrays:
@@ -402,10 +395,10 @@ def prepare_model(model_path: str, input_specs: list[str], expected: str | None,
                   batch: int | None, default_batch: int, seed: int, sha256: str | None = None):
     """Everything a cell needs for a foreign model; returns (Prepared, InputPlan, what the
     reference is). `sha256` (from the CLI's check) must still match the file."""
-    from chipbench.prepare import Prepared, sha256_file
+    from chipbench.prepare import Prepared
 
     path = Path(model_path)
-    if sha256 is not None and file_sha256(path) != sha256:
+    if sha256 is not None and sha256_file(path) != sha256:
         raise ModelError(f"{path}: the file changed since the sweep started (sha256 differs)")
     model = load_model_safely(path)
     specs = {s.name: s for s in map(parse_input_spec, input_specs)}

@@ -17,7 +17,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from test_bad_inputs import FAST, _hinted_input, cli, describe, records
+from test_bad_inputs import FAST, _hinted_input, assert_bad_input, cli, describe, records
+
+NOTHING_STORED = {"runs": None, "rows": None}  # the snapshot of a results dir no run has made
 
 TIMEOUT = ["--timeout", "300"]
 
@@ -48,15 +50,7 @@ def run_ok(*args) -> tuple[object, dict[str, dict]]:
 
 def assert_refused(proc, results: Path, *needles: str) -> str:
     """Exit 2, one `error:` line holding every needle, no traceback, no record written."""
-    why = describe(proc, results, {"runs": {}})
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in proc.stdout + proc.stderr, why
-    assert proc.returncode == 2, why
-    assert len(lines) == 1 and lines[0].startswith("error:"), why
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not named: {why}"
-    assert not list((results / "runs").glob("*.json")), f"records written: {why}"
-    return lines[0]
+    return assert_bad_input(proc, results, NOTHING_STORED, *needles)
 
 
 # --- 01: NaN in the reference, reproduced exactly by both backends ----------------------------
