@@ -366,5 +366,9 @@ def main() -> None:
         sys.exit(130)
 
 
+from chipbench.cli_remote import register as _register_remote  # noqa: E402  (bundle, import, runtime-kit, rpc)
+
+_register_remote(app)
+
 if __name__ == "__main__":
     main()

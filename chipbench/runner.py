@@ -82,8 +82,9 @@ def run_cells(cells: list[Cell], store: ResultsStore,
     # tvm-llvm-tuned finds the databases `chipbench tune` wrote under this results dir
     dirs = os.pathsep.join(filter(None, [str(store.root / "tuning"), os.environ.get("CHIPBENCH_TUNING_DIRS")]))
     env = {**os.environ, "CHIPBENCH_TUNING_DIRS": dirs}
-    for cell in cells:
-        record = run_isolated(cell, env)
+    from chipbench.fleet import spread  # cells sent to an RPC key run as many at once as it has servers
+
+    for cell, record in spread(cells, lambda c: run_isolated(c, env)):
         record.provenance["device_profile"] = device
         store.add(record)
         records.append(record)
