@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from chipbench.bundle_format import Arrays, Loaded
 
 

@@ -56,7 +56,11 @@ def make_bundle(cell: Cell, out: Path) -> Bundled:
         backend = get_backend(cell.backend)
     except KeyError as exc:
         raise BundleRefused(str(exc).strip("'\""), 2) from None
-    ok, why = backend.available()
+    # cross-compiling backends say whether this host can compile for the device (`can_compile`)
+    check = backend.available
+    if getattr(backend, "compile_for_bundle", None) is not None and hasattr(backend, "can_compile"):
+        check = backend.can_compile
+    ok, why = check()
     if not ok:
         raise BundleRefused(f"{cell.backend} unavailable: {why}")
     try:
@@ -79,23 +83,32 @@ def make_bundle(cell: Cell, out: Path) -> Bundled:
         calibration=prep.calibration[0] if prep.calibration else None,
         calibration_key=prep.calibration[1] if prep.calibration else None,
     )
+    # A backend whose device is not here (a GPU backend on a CPU host) may offer
+    # `compile_for_bundle(source, spec) -> Compiled`: a cross-compilation whose `export` works
+    # and whose `run` need not; otherwise the backend compiles (and so checks) on this machine.
+    compile_ = getattr(backend, "compile_for_bundle", None) or backend.compile
     try:
-        compiled = backend.compile(prepared.source, spec)
+        compiled = compile_(prepared.source, spec)
     except Unsupported as exc:
         raise BundleRefused(f"{cell.backend} unsupported: {exc}") from None
     except Exception as exc:
         raise BundleRefused(f"compile: {one_line(exc)}") from None
     if compiled.export is None:
         raise BundleRefused(f"{cell.backend} cannot write a bundle (its compiled model offers no export)")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         entries = dict(compiled.export(out))
         input_names = save_arrays(out / INPUTS, prepared.inputs)
         output_names = save_arrays(out / REFERENCE, prepared.reference)
+    except Exception as exc:
+        _remove(out, created)
+        raise BundleRefused(f"export: {one_line(exc)}") from None
     finally:
         if compiled.close:
             compiled.close()
     if entries.get("module") not in RUNTIME_MODULES:
+        _remove(out, created)
         raise BundleRefused(f"{cell.backend} export names runtime {entries.get('module')!r}, not one of "
                             f"{', '.join(RUNTIME_MODULES)}")
     names = [*entries.pop("files"), INPUTS, REFERENCE]
@@ -131,3 +144,17 @@ def make_bundle(cell: Cell, out: Path) -> Bundled:
 def _finite_dict(values: dict[str, Any]) -> dict[str, Any]:
     """Tolerances as JSON: an unbounded one (inf) is written as null."""
     return {k: (None if isinstance(v, float) and v in (float("inf"), float("-inf")) else v) for k, v in values.items()}
+
+
+def _remove(out: Path, created: bool) -> None:
+    """Leave no half-written bundle behind: the folder goes if this call made it, else its files."""
+    import shutil
+
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        for path in out.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()

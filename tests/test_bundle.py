@@ -258,3 +258,63 @@ def test_bad_bundle_requests_fail_with_one_line(tmp_path, bundles):
     assert proc.returncode == 2 and "batch 4" in error_line(proc)
     proc = runner(tmp_path, tmp_path / "r.json")
     assert proc.returncode == 2 and "manifest.json: no such file" in error_line(proc)
+
+
+def test_a_bundle_for_a_device_this_machine_lacks_costs_a_failed_record(bundles, tmp_path):
+    """A CUDA bundle on a machine without one (here: the CPU bundle relabelled, as a GPU box's
+    bundle would arrive on this CPU-only one): exit 1, a failed record with a one-line reason."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles["tvm-llvm"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["runtime"]["device"] = manifest["device"]["kind"] = "cuda"
+    manifest["device"]["id"] = "cuda:0"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    proc = runner(copy, tmp_path / "r.json")
+    assert proc.returncode == 1, proc.stderr
+    (rec,) = json.loads((tmp_path / "r.json").read_text())["records"]
+    validate(rec)
+    assert rec["status"] == "failed" and rec["reason"].startswith("load: ") and "\n" not in rec["reason"]
+    assert rec["provenance"]["device"]["kind"] == "cuda"
+
+
+def test_a_backend_whose_device_is_elsewhere_bundles_through_compile_for_bundle(monkeypatch, tmp_path):
+    """A GPU backend on a CPU host: unavailable here, but `can_compile` and `compile_for_bundle`
+    (a cross-compilation whose export works) make its bundle; the device runs it."""
+    from chipbench.backends import base
+    from chipbench.backends.ort import export_model
+    from chipbench.bundle import make_bundle
+    from chipbench.scenarios import MeasureSettings
+    from chipbench.suite import Cell
+
+    class CrossDouble:
+        description = "compiles here for a device that is elsewhere"
+        precisions = ("fp32",)
+        devices = ("cpu",)
+
+        def available(self):
+            return False, "its device is not on this machine"
+
+        def can_compile(self):
+            return True, ""
+
+        def versions(self):
+            return {}
+
+        def compile(self, source, spec):
+            raise AssertionError("the bundle must not need the device")
+
+        def compile_for_bundle(self, source, spec):
+            def no_device(inputs):
+                raise RuntimeError("no device here")
+
+            return base.Compiled(run=no_device, compile_s=0.0, target="elsewhere", pipeline="cross",
+                                 export=lambda folder: export_model(source.onnx_path, folder, None))
+
+    base._load_all()
+    monkeypatch.setitem(base._REGISTRY, "cross-double", CrossDouble)
+    settings = MeasureSettings(min_duration_s=0.05, min_count=5)
+    made = make_bundle(Cell("tiny-mlp", "cross-double", settings=settings), tmp_path / "b")
+    assert made.manifest["backend"]["target"] == "elsewhere"
+    proc = runner(tmp_path / "b", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["records"][0]["verdict"] == "VALID"

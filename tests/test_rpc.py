@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -194,3 +195,51 @@ def test_a_server_killed_mid_sweep_costs_only_the_cell_it_served(tracker, tmp_pa
     assert "\n" not in reason and f"RPC server {doomed.address} under key 'fleet' failed while" in reason
     # the first session the doomed server ever served was killed: every valid cell ran on the other
     assert {r["provenance"]["device"]["server"] for r in valid} == {survivor.address}
+
+
+def test_a_board_with_only_the_runtime_kit_serves_cells_compiled_for_a_given_target(tracker, tmp_path):
+    """`kit/rpc-serve` on a Python that sees nothing but the kit and numpy (no torch, no ONNX,
+    no TVM compiler, no psutil): it reports no LLVM target, so the host is told one."""
+    import numpy as np
+
+    from chipbench.accuracy import fidelity
+    from chipbench.backends.base import CompileSpec, Unsupported, get_backend
+    from chipbench.backends.tvm import host_target
+    from chipbench.cell import prepare
+    from chipbench.device import Device
+    from chipbench.runtime_kit import build_kit
+    from chipbench.suite import Cell
+
+    kit = build_kit(tmp_path / "kit")
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    site = Path(np.__file__).resolve().parent.parent
+    for name in ("numpy", "numpy.libs"):
+        if (site / name).exists():
+            (deps / name).symlink_to(site / name)
+    port = free_port()
+    board = subprocess.Popen([str(kit.folder / "rpc-serve"), "--tracker", tracker.address, "--key", "kit",
+                              "--port", str(port), "--port-end", str(port + 1)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, cwd=tmp_path,
+                             env={"PATH": os.environ.get("PATH", ""), "PYTHON": f"{sys.executable} -S",
+                                  "PYTHONPATH": str(deps)})
+    try:
+        line = board.stderr.readline()
+        assert "listening on" in line, line + board.stderr.read()
+        prep = prepare(Cell("tiny-mlp", "tvm-llvm"), 1)
+        spec = CompileSpec(device=Device.parse(f"rpc://{tracker.address}/kit"))
+        with pytest.raises(Unsupported, match="reports no LLVM target"):
+            get_backend("tvm-llvm").compile(prep.prepared.source, spec)
+        compiled = get_backend("tvm-llvm").compile(prep.prepared.source, replace(spec, target=str(host_target())))
+        try:
+            outputs = compiled.run(prep.prepared.inputs)
+            assert len(compiled.timer(prep.prepared.inputs, 3)) == 3
+        finally:
+            compiled.close()
+        assert fidelity(outputs, prep.prepared.reference).rel_l2 < 1e-4
+        assert compiled.device["runtime_only"] is True and compiled.device["llvm_mcpu"] is None
+        assert compiled.device["server"].endswith(f":{port}") and compiled.device["name"]
+    finally:
+        os.killpg(board.pid, signal.SIGKILL)
+        board.wait(timeout=30)
