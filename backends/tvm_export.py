@@ -40,7 +40,7 @@ def export_relax(exe: Any, weights: list[Any], folder: Path, device_kind: str) -
         dtype = str(getattr(w, "dtype", a.dtype))
         if dtype == "bfloat16":  # numpy (without ml_dtypes) cannot hold it: ship the bit pattern
             a = a.view(np.uint16)
-        arrays[f"p{i}"] = np.ascontiguousarray(a)
+        arrays[f"p{i}"] = np.asarray(a, order="C")  # (ascontiguousarray would make a 0-d weight 1-d)
         params.append({"dtype": dtype, "shape": list(a.shape)})
     with open(folder / PARAMS, "wb") as f:
         np.savez(f, **arrays)

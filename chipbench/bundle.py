@@ -75,6 +75,8 @@ def make_bundle(cell: Cell, out: Path) -> Bundled:
         prep = prepare(cell, batch)
     except (PrepareError, ModelError, KeyError, TypeError, ValueError) as exc:
         raise BundleRefused(f"prepare: {one_line(exc)}", 2) from None
+    except Exception as exc:  # e.g. the reference runtime refusing the model
+        raise BundleRefused(f"prepare: {one_line(exc)}") from None
     prepared = prep.prepared
     spec = CompileSpec(  # as chipbench.cell.execute builds it
         precision=cell.precision, batch=batch, threads=cell.threads, device=device, target=cell.target,

@@ -97,7 +97,7 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> list[str]:
         if np.asarray(arrays[name]).dtype == object:
             raise ValueError(f"array '{name}' has dtype object, which .npz can only hold pickled")
     with open(path, "wb") as f:
-        np.savez(f, **{f"a{i}": np.ascontiguousarray(arrays[n]) for i, n in enumerate(names)})
+        np.savez(f, **{f"a{i}": np.asarray(arrays[n], order="C") for i, n in enumerate(names)})
     return names
 
 

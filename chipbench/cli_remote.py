@@ -66,14 +66,14 @@ def bundle(
     except SuiteError as exc:
         fail(str(exc))
     _check_names(cells)
-    err.print(f"chipbench: compiling {cells[0].label()} into {out}/")
+    err.print(f"chipbench: compiling {cells[0].label()} into {out}/", markup=False)
     try:
         made = make_bundle(cells[0], out)
     except BundleRefused as exc:
         fail(str(exc), exc.code)
     runtime = made.manifest["runtime"]
     err.print(f"wrote {out}/ ({made.total_bytes / 2**20:.2f} MiB; runtime {runtime['module']}, "
-              f"device {runtime['device']}, target {made.manifest['backend']['target']})")
+              f"device {runtime['device']}, target {made.manifest['backend']['target']})", markup=False)
     print(out)
 
 
@@ -96,7 +96,7 @@ def import_cmd(
         device = rec.provenance.get("device", {})
         what = f"{rec.verdict}, p50 {rec.latency['median']:.4g} ms" if rec.status == "ok" else f"{rec.status}: {rec.reason}"
         err.print(f"imported {rec.id}: {rec.workload['name']} x {rec.backend['name']} on "
-                  f"{device.get('name', '?')} ({what})")
+                  f"{device.get('name', '?')} ({what})", markup=False)
 
 
 def runtime_kit(
@@ -117,12 +117,13 @@ def runtime_kit(
         fail(str(exc))
     size = kit.total_bytes / 2**20
     err.print(f"wrote {out}/: {size:.1f} MiB for Python {kit.python}; run "
-              f"`{out}/run-bundle BUNDLE --out RECORDS.json` on the device")
+              f"`{out}/run-bundle BUNDLE --out RECORDS.json` on the device", markup=False)
     if kit.total_bytes > CARRY_LIMIT:
         err.print(f"[yellow]warning: {size:.1f} MiB is over the {CARRY_LIMIT / 2**20:.0f} MiB that may travel[/yellow]",
                   markup=True)
     if not any(w.startswith("numpy") for w in kit.info["wheels"]):
-        err.print("note: the device needs numpy for that Python (add --wheel numpy-....whl if it has none)")
+        err.print("note: the device needs numpy for that Python (add --wheel numpy-....whl if it has none)",
+                  markup=False)
     print(out)
 
 

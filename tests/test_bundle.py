@@ -318,3 +318,37 @@ def test_a_backend_whose_device_is_elsewhere_bundles_through_compile_for_bundle(
     proc = runner(tmp_path / "b", tmp_path / "r.json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "r.json").read_text())["records"][0]["verdict"] == "VALID"
+
+
+def test_arrays_and_weights_keep_their_shapes_scalars_included(tmp_path):
+    """0-d arrays (a QDQ model's scales and zero points) travel as 0-d; names survive any text."""
+    from chipbench.backends.tvm_export import export_relax
+    from chipbench.bundle_format import load_arrays, save_arrays
+
+    arrays = {"in:0/with slash": np.arange(6, dtype=np.float32).reshape(2, 3), "scale": np.float32(0.5) * np.ones(())}
+    names = save_arrays(tmp_path / "a.npz", arrays)
+    back = load_arrays(tmp_path / "a.npz", names)
+    assert list(back) == list(arrays) and back["scale"].shape == () and np.array_equal(back["in:0/with slash"],
+                                                                                        arrays["in:0/with slash"])
+
+    class Exe:  # what export_relax asks of a Relax executable
+        def export_library(self, path):
+            Path(path).write_bytes(b"\x7fELF")
+
+    weights = [np.ones((), np.int8), np.zeros((4, 2), np.float32).T]  # a scalar and a non-contiguous view
+    entries = export_relax(Exe(), weights, tmp_path / "b", device_kind="cuda")
+    assert entries["device"] == "cuda" and entries["files"] == ["model.so", "params.npz"]
+    assert [s["shape"] for s in entries["param_specs"]] == [[], [2, 4]]
+    with np.load(tmp_path / "b" / "params.npz", allow_pickle=False) as data:
+        assert data["p0"].shape == () and data["p1"].shape == (2, 4)
+
+
+def test_your_own_onnx_model_bundles_and_runs(tmp_path):
+    from onnx_models import matmul_relu
+
+    model = matmul_relu(tmp_path / "m.onnx")
+    cli("bundle", "--model", model, "--input", "x:2x8", "-b", "ort-cpu", "--out", tmp_path / "b", *FAST)
+    proc = runner(tmp_path / "b", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads((tmp_path / "r.json").read_text())["records"][0]
+    assert rec["verdict"] == "VALID" and rec["workload"]["kind"] == "model"

@@ -243,3 +243,11 @@ def test_a_board_with_only_the_runtime_kit_serves_cells_compiled_for_a_given_tar
     finally:
         os.killpg(board.pid, signal.SIGKILL)
         board.wait(timeout=30)
+
+
+@pytest.mark.parametrize("verb", ["tracker", "serve"])
+def test_rpc_help_says_a_server_runs_what_it_is_sent(verb):
+    proc = cli("rpc", verb, "--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "runs whatever code it is sent" in text and "127.0.0.1" in text
