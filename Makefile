@@ -10,7 +10,7 @@ PROFILE_WORKLOADS ?= vibration-cnn1d,sensor-transformer
 PROJECT_WORKLOAD  ?= edge-inspect
 PROBE_FLAGS ?=
 
-.PHONY: install run report probe test test-slow bench bench-kernels clean
+.PHONY: install run report probe test test-slow bench bench-kernels runtime-kit clean
 
 install: $(STAMP)
 
@@ -51,6 +51,13 @@ bench-kernels: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu and not rpc" tests/bench --benchmark-enable --benchmark-only \
 		--benchmark-json=$(RESULTS)/bench.json
+
+# A runtime-only TVM and the bundle runner to carry to a device: make runtime-kit KIT_PYTHON=3.12
+KIT ?= build/runtime-kit
+KIT_PYTHON ?=
+runtime-kit: $(STAMP)
+	rm -rf $(KIT)
+	$(BIN)/chipbench runtime-kit --out $(KIT) $(if $(KIT_PYTHON),--python $(KIT_PYTHON))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -67,6 +67,7 @@ class OrtCpu:
             pipeline="ORT_ENABLE_ALL" + ({"int8": ", QDQ int8 static quantization", "fp16": ", fp16 weights"}
                                          .get(spec.precision, "") if converts(spec, source) else ""),
             details={"threads": threads, "providers": session.get_providers()},
+            export=lambda folder: export_model(model_path, Path(folder), spec.threads),
         )
 
 
@@ -83,3 +84,41 @@ def _model_for(source: ModelSource, spec: CompileSpec) -> Path:
     if spec.precision == "fp16":
         return quantize.fp16_model(onnx_path)
     return onnx_path
+
+
+def export_model(model_path: Path, folder: Path, threads: int | None) -> dict:
+    """A bundle's backend files: the ONNX file at the cell's precision as `model.onnx` (bytes
+    unchanged), or, when its weights live in external data files, re-saved with them in one
+    `model.onnx.data` beside it. `threads` None means every core of the machine that runs it.
+    Returns the manifest's runtime entries (see ort_runtime.load)."""
+    import shutil
+
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "model.onnx"
+    files = ["model.onnx"]
+    if any(uses_external_data(t) for t in _tensors(onnx.load(str(model_path), load_external_data=False).graph)):
+        model = onnx.load(str(model_path))  # reads the data from beside the model (checked by byo.py)
+        onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data")
+        files.append("model.onnx.data")
+    else:
+        shutil.copyfile(model_path, target)
+    return {"module": "chipbench.backends.ort_runtime", "device": "cpu", "model": "model.onnx", "files": files,
+            "threads": threads, "optimization": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"]}
+
+
+def _tensors(graph):
+    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for g in attr.graphs:
+                yield from _tensors(g)

@@ -19,6 +19,7 @@ import numpy as np
 
 from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
                                      converts, register, require_precision)
+from chipbench.backends.tvm_export import export_relax
 from chipbench.machine import usable_cores
 
 
@@ -167,7 +168,7 @@ class TvmLlvm:
     # int8 runs ONNX Runtime's QDQ-quantized model; TVM lowers its Q/DQ pairs literally, so the
     # arithmetic stays fp32 between them (int8 accuracy, no int8 speed): the pipeline says so.
     precisions = ("fp32", "int8")
-    devices = ("cpu",)
+    devices = ("cpu", "rpc")  # rpc: a board behind a TVM RPC tracker (tvm_rpc.py)
 
     def available(self) -> tuple[bool, str]:
         if importlib.util.find_spec("tvm") is None:
@@ -184,7 +185,15 @@ class TvmLlvm:
 
         require_precision(self, spec, source)
         threads = use_all_cores(spec.threads)
-        target = tvm.target.Target(spec.target) if spec.target else host_target(spec.threads)
+        remote = None
+        if spec.device.kind == "rpc":  # a session for the whole cell: the board's target, then its timing
+            from chipbench.backends.tvm_rpc import RemoteSession
+
+            remote = RemoteSession(spec.device)
+        if spec.target:
+            target = tvm.target.Target(spec.target)
+        else:
+            target = remote.target(spec.threads) if remote else host_target(spec.threads)
         start = time.perf_counter()
         onnx_path = source.onnx_path
         quantize = converts(spec, source) and spec.precision == "int8"
@@ -199,6 +208,13 @@ class TvmLlvm:
         exe, pipeline = build(mod, target, database, bool(spec.options.get("weight_prepack")))
         if quantize:
             pipeline += ", ORT QDQ int8 model (Q/DQ lowered literally: fp32 compute)"
+        if remote is not None:
+            lib_bytes = library_bytes(exe)
+            param_bytes = sum(int(np.prod(w.shape)) * w.dtype.itemsize for w in (p.numpy() for p in weights))
+            return remote.compiled(exe, weights, source.input_names, source.output_names,
+                                   compile_s=time.perf_counter() - start, artifact_bytes=lib_bytes + param_bytes,
+                                   target=str(target), pipeline=pipeline, tuning_db=None,
+                                   details={"library_bytes": lib_bytes, "param_bytes": param_bytes})
         device = tvm.cpu()
         _vm, main, params = load(exe, weights, device)
         compile_s = time.perf_counter() - start  # weight prepacking included, as in a session's start
@@ -235,6 +251,7 @@ class TvmLlvm:
             pipeline=pipeline,
             tuning_db=None,  # tvm-llvm-tuned names the database it applied
             details={"library_bytes": lib_bytes, "param_bytes": param_bytes, "threads": threads},
+            export=lambda folder: export_relax(exe, weights, folder, device_kind="cpu"),
         )
 
 

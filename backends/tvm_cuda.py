@@ -423,6 +423,26 @@ class TvmCuda:
             result = vm.time_evaluator("main", device, number=1, repeat=max(n, 1))(*args, *params)
             return [float(s) for s in result.results][:n]
 
+        compiled = self._compiled(build, run, compile_s)
+        compiled.device, compiled.timer = cuda_device_info(index, device), timer
+        return compiled
+
+    def compile_for_bundle(self, source: ModelSource, spec: CompileSpec) -> Compiled:
+        """Cross-compile for `spec.target` on a host that may have no GPU: a Compiled whose
+        `export` writes the bundle and whose `run` says the model runs on the device only."""
+        require_precision(self, spec, source)
+        start = time.perf_counter()
+        build = compile_for(source, spec)
+
+        def run(inputs: Arrays) -> Arrays:
+            raise Unsupported(f"cross-compiled for {build.target}: it runs where that GPU is (a bundle)")
+
+        return self._compiled(build, run, time.perf_counter() - start)
+
+    @staticmethod
+    def _compiled(build: CudaBuild, run, compile_s: float) -> Compiled:
+        from chipbench.backends.tvm_export import export_relax
+
         lib_bytes, archs = export_info(build.exe)
         param_bytes = sum(int(np.prod(w.shape)) * np.dtype(str(w.dtype)).itemsize for w in build.weights)
         return Compiled(
@@ -433,6 +453,5 @@ class TvmCuda:
             pipeline=build.pipeline,
             tuning_db=build.details.get("tuning_db"),  # sha256 of the records applied; None = untuned
             details={**build.details, "library_bytes": lib_bytes, "param_bytes": param_bytes, "device_code": archs},
-            device=cuda_device_info(index, device),
-            timer=timer,
+            export=lambda folder: export_relax(build.exe, build.weights, folder, device_kind="cuda"),
         )

@@ -30,6 +30,7 @@ from chipbench.backends.tvm import TvmLlvm
 class TvmLlvmTuned(TvmLlvm):
     description = "Apache TVM Relax, LLVM for the host CPU, MetaSchedule-tuned (database from `chipbench tune`)"
     precisions = ("fp32",)
+    devices = ("cpu",)  # its databases are per target; over RPC the board's target would need its own
 
     def locate(self, source: ModelSource, spec: CompileSpec) -> tuple[Path, str, str]:
         """(database folder, graph sha256, canonical target) for this model and spec."""

@@ -137,6 +137,17 @@ def prepare(cell: Cell, batch: int) -> Preparation:
                        calibration_for(workload, batch), graph_work(prepared.source.onnx_path))
 
 
+def compile_spec(cell: Cell, prep: Preparation, device: Device) -> CompileSpec:
+    """What the backend is asked to build for this cell: the precision and batch that will run."""
+    return CompileSpec(
+        precision=prep.precision, batch=prep.batch, threads=cell.threads, device=device, target=cell.target,
+        tuning_db=Path(cell.tuning_db) if cell.tuning_db else None,
+        example_inputs=prep.prepared.inputs, reference_outputs=prep.prepared.reference,
+        calibration=prep.calibration[0] if prep.calibration else None,
+        calibration_key=prep.calibration[1] if prep.calibration else None,
+    )
+
+
 def graph_work(onnx_path: Path) -> dict | None:
     """FLOPs and minimum bytes of one query, summed over the ONNX graph's nodes."""
     from chipbench.kernels.onnx_flops import node_costs, totals
@@ -200,13 +211,7 @@ def execute(cell: Cell) -> RunRecord:
     # Backends that run the torch model have no ONNX operators to cover.
     ops = onnx_ops(prepared.source.onnx_path) if getattr(backend, "runs_onnx", True) else None
 
-    spec = CompileSpec(
-        precision=prep.precision, batch=prep.batch, threads=cell.threads, device=device, target=cell.target,
-        tuning_db=Path(cell.tuning_db) if cell.tuning_db else None,
-        example_inputs=prepared.inputs, reference_outputs=prepared.reference,
-        calibration=prep.calibration[0] if prep.calibration else None,
-        calibration_key=prep.calibration[1] if prep.calibration else None,
-    )
+    spec = compile_spec(cell, prep, device)
     try:
         compiled = backend.compile(prepared.source, spec)
     except Unsupported as exc:
@@ -330,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     job = json.loads(Path(cell_path).read_text())
     cell = Cell.from_dict(job["cell"])
     record = execute(cell)
-    record.provenance.setdefault("device_profile", job.get("context", {}).get("device_profile"))
+    if record.device_id == "cpu":  # this host's measured ceilings describe this host's CPU only
+        record.provenance.setdefault("device_profile", job.get("context", {}).get("device_profile"))
     atomic_write_text(Path(out_path), record.to_json())
     return 0
 

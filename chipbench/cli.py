@@ -528,5 +528,9 @@ def main() -> None:
     sys.exit(code or 0)
 
 
+from chipbench.cli_remote import register as _register_remote  # noqa: E402  (bundle, import, runtime-kit, rpc)
+
+_register_remote(app)
+
 if __name__ == "__main__":
     main()

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from chipbench.fleet import spread
 from chipbench.record import RunRecord
 from chipbench.store import ResultsStore, incoming_path
 from chipbench.suite import Cell
@@ -151,13 +152,15 @@ def run_cells(cells: list[Cell], store: ResultsStore,
     dirs = os.pathsep.join(filter(None, [str((store.root / "tuning").resolve()),
                                          os.environ.get("CHIPBENCH_TUNING_DIRS")]))
     env = {**cell_environment(), "CHIPBENCH_TUNING_DIRS": dirs}
+
+    def run_one(cell: Cell) -> tuple[RunRecord, Path]:
+        out = incoming_path(store, uuid.uuid4().hex[:12])
+        return run_isolated(cell, out, env, context), out
+
     with stop_cells_on_signal():
         try:
-            for cell in cells:
-                out = incoming_path(store, uuid.uuid4().hex[:12])
-                record = run_isolated(cell, out, env, context)
-                if record.provenance.get("device_profile") is None:
-                    record.provenance["device_profile"] = context["device_profile"]
+            # cells sent to an RPC key run as many at once as it has servers; local ones in turn
+            for cell, (record, out) in spread(cells, run_one):
                 store.add(record)
                 out.unlink(missing_ok=True)
                 records.append(record)
