@@ -18,6 +18,7 @@ from chipbench.accuracy import check, fidelity
 from chipbench.backends.base import Arrays, Compiled, CompileSpec, Unsupported, get_backend
 from chipbench.byo import ModelError, prepare_model
 from chipbench.device import Device, DeviceError, default_device, supported_kinds
+from chipbench.energy import meter_for
 from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
 from chipbench.prepare import PrepareError, Prepared, prepare_workload, sha256_file
@@ -235,20 +236,24 @@ def _measure(cell, prep: Preparation, compiled: Compiled, backend_info, compile_
                 "task": task}
 
     run = compiled.run
-    if compiled.timer is not None:  # the device's own clock: transfers and network stay outside
-        timer = compiled.timer
-        m = measure_on_device(lambda n: timer(inputs, n), cell.settings)
-    else:
-        m = measure(lambda: run(inputs), cell.settings)
+    meter = meter_for(provenance.get("device"))  # NVML energy on a CUDA device; measures nothing elsewhere
+    with meter:
+        if compiled.timer is not None:  # the device's own clock: transfers and network stay outside
+            timer = meter.timer(lambda n: compiled.timer(inputs, n))
+            m = measure_on_device(timer, cell.settings)
+        else:
+            m = measure(meter.query(lambda: run(inputs)), cell.settings)
     stats = LatencyStats.from_samples(m.samples_s, seed=cell.seed)
     batch = next(iter(inputs.values())).shape[0] if inputs else 1
+    energy = meter.result(batch)
     throughput = {"value": batch * len(m.samples_s) / float(np.sum(m.samples_s)), "unit": "samples/s"}
     return base_record(
         cell, "ok", "; ".join(failures) or None,
         backend=backend_info, compile=compile_info, provenance=provenance,
         latency=stats.to_dict(), throughput=throughput, accuracy=_finite(accuracy),
-        verdict="INVALID" if failures else "VALID", notes=prep.notes + ([m.note] if m.note else []),
-        coverage=ops_coverage, work=prep.work,
+        verdict="INVALID" if failures else "VALID",
+        notes=prep.notes + [n for n in (m.note, meter.note) if n],
+        coverage=ops_coverage, work=prep.work, energy=energy,
     )
 
 

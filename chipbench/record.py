@@ -32,6 +32,7 @@ class RunRecord:
     notes: list[str] = field(default_factory=list)
     coverage: dict[str, Any] | None = None  # ONNX operators: counts and what became of each
     work: dict[str, Any] | None = None  # FLOPs and minimum bytes of one query (for the roofline)
+    energy: dict[str, Any] | None = None  # measured device energy over the timed run (chipbench.energy)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
     id: str = ""

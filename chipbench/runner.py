@@ -64,11 +64,12 @@ def _failed(cell: Cell, reason: str) -> RunRecord:
     return base_record(cell, "failed", reason)
 
 
-def device_summary(results_dir: Path) -> dict | None:
-    """This machine's measured ceilings (`chipbench probe`), attached to every run made here."""
-    from chipbench.probe import load_profile
+def device_summary(results_dir: Path, device: dict | None = None) -> dict | None:
+    """The measured ceilings (`chipbench probe`) of the device a run used (`provenance.device`;
+    this machine's CPU when it names none), attached to every run made here."""
+    from chipbench.probe import load_profile_for
 
-    profile = load_profile(results_dir)
+    profile = load_profile_for(results_dir, device)
     if profile is None:
         return None
     return {"key": profile.key, "peak_gflops": profile.peak_gflops, "bandwidth_gbps": profile.bandwidth_gbps,
@@ -84,7 +85,8 @@ def run_cells(cells: list[Cell], store: ResultsStore,
     env = {**os.environ, "CHIPBENCH_TUNING_DIRS": dirs}
     for cell in cells:
         record = run_isolated(cell, env)
-        record.provenance["device_profile"] = device
+        on = record.provenance.get("device") or {}
+        record.provenance["device_profile"] = device if on.get("kind", "cpu") == "cpu" else device_summary(store.root, on)
         store.add(record)
         records.append(record)
         if on_done:
