@@ -44,7 +44,7 @@ class EnergyReading:
     avg_watts: float
     samples: int
     method: str
-    interval_s: float  # the sampling period asked for
+    interval_s: float  # the power sampling period (s)
 
     def per_inference(self, inferences: int) -> float:
         """Joules per inference (J): the whole interval's energy over `inferences` > 0."""
@@ -62,17 +62,21 @@ def trapezoid_joules(samples: list[tuple[float, float]]) -> float:
 
 
 class EnergySampler:
-    """A context manager that samples one NVML device's power on a background thread (every
-    `interval_s` seconds) and reads its energy counter at entry and exit.
+    """A context manager that samples one NVML device's power on a background thread and reads
+    its energy counter at entry and exit. The thread sleeps between samples: every
+    `interval_s` seconds where the power samples are the measurement (no counter), every
+    `counter_interval_s` where the counter is, so that it disturbs the timed queries less
+    (it holds the GIL for one NVML call per sample).
 
     `nvml` is the `pynvml` module (or a fake with the same functions), already initialised;
     `handle` the device's NVML handle. After the `with` block, `reading` holds the
     EnergyReading. Raises EnergyUnavailable at entry when the device supports neither reading.
     """
 
-    def __init__(self, nvml: Any, handle: Any, interval_s: float = 0.02,
+    def __init__(self, nvml: Any, handle: Any, interval_s: float = 0.02, counter_interval_s: float = 0.1,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.nvml, self.handle, self.interval_s, self.clock = nvml, handle, interval_s, clock
+        self.counter_interval_s = counter_interval_s
         self.samples: list[tuple[float, float]] = []  # (seconds, watts)
         self.reading: EnergyReading | None = None
         self._stop = threading.Event()
@@ -105,6 +109,8 @@ class EnergySampler:
         self._start_mj = self._counter_mj()
         if self._start_mj is None and self._power_w() is None:
             raise EnergyUnavailable("the device reports neither its energy counter nor its power draw")
+        if self._start_mj is not None:
+            self.interval_s = self.counter_interval_s
         self._t0 = self.clock()
         self._sample()
         self._thread = threading.Thread(target=self._loop, name="chipbench-energy", daemon=True)

@@ -252,6 +252,7 @@ def gather_extras(records: list[RunRecord], results_dir: Path | None) -> Extras:
             if roof is None:
                 continue
             label = f"{r.workload['name']} {r.backend['name']}" + ("" if r.batch == 1 else f" b{r.batch}")
+            label += "" if roof is device else f" @ {roof.machine.cpu}"
             seconds = r.latency["median"] / 1e3
             point = place(roof, label, r.work["flops"], r.work["bytes"], seconds)
             extras.points.append((r, point))

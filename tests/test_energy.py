@@ -53,13 +53,14 @@ def run_for(sampler: EnergySampler, clock: FakeClock, seconds: float) -> None:
 def test_counter_is_preferred_and_exact():
     clock = FakeClock()
     nvml = FakeNvml(clock, watts=250.0)
-    sampler = EnergySampler(nvml, handle=0, interval_s=0.001, clock=clock)
+    sampler = EnergySampler(nvml, handle=0, interval_s=0.001, counter_interval_s=0.002, clock=clock)
     run_for(sampler, clock, 2.0)
     r = sampler.reading
     assert r.method == COUNTER
     assert r.joules == pytest.approx(500.0)  # 250 W for 2 s, from the counter difference
     assert r.seconds == pytest.approx(2.0) and r.avg_watts == pytest.approx(250.0)
     assert r.samples >= 2  # power sampled at entry and exit at least
+    assert r.interval_s == 0.002  # with a counter, power is sampled less often
 
 
 def test_power_samples_are_integrated_where_there_is_no_counter():
@@ -68,7 +69,7 @@ def test_power_samples_are_integrated_where_there_is_no_counter():
     sampler = EnergySampler(nvml, handle=0, interval_s=0.001, clock=clock)
     run_for(sampler, clock, 1.0)
     r = sampler.reading
-    assert r.method == POWER
+    assert r.method == POWER and r.interval_s == 0.001
     assert r.samples == len(sampler.samples) >= 2
     # constant power: the trapezoid integral is exact over the sampled span
     span = sampler.samples[-1][0] - sampler.samples[0][0]
@@ -97,7 +98,7 @@ def test_meter_counts_queries_and_gives_joules_per_inference():
             self.closed = True
 
     session = Session()
-    meter = Meter(lambda: (session, EnergySampler(nvml, 0, 0.001, clock)), device="cuda:0")
+    meter = Meter(lambda: (session, EnergySampler(nvml, 0, 0.001, clock=clock)), device="cuda:0")
     with meter:
         timer = meter.timer(lambda n: [0.001] * n)
         timer(3)  # warm-up queries run inside the window count too
