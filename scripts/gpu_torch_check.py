@@ -11,15 +11,19 @@ Phases, each timed: (1) preflight: interpreter, torch, CUDA, the GPU as NVML/tor
 it, the backends' availability; (2) caches: every workload exported and its FP32 reference
 made at each batch, the small models trained at first use (on the CPU, cached under
 CHIPBENCH_CACHE), so no cell spends its time limit training; (3) `chipbench probe` (host CPU
-and GPU ceilings); (4) `chipbench run` per batch size; (5) a summary table, and with --export
+and GPU ceilings); (4) `chipbench run` per cell; (5) a summary table, and with --export
 a few flat files (records, summary, device profiles, log) for a machine that sends back little.
+With --with-tests it also runs the tests marked `gpu` (tests/test_gpu.py) after the probe.
 
 It needs only what chipbench needs at run time (torch, onnx, onnxruntime, numpy, scipy,
 jinja2, matplotlib, rich, typer, psutil; nvidia-ml-py for GPU description and energy). Where
 chipbench is not installed (a bare GPU image), it runs the checkout in place: a folder of
 symbolic links that maps the checkout's top-level folders into the `chipbench` package as
 pyproject.toml's package-dir does, put on PYTHONPATH. Exit status: 0 when every cell is ok
-and VALID, 1 otherwise, 2 for bad arguments.
+and VALID, 1 when one is not (or a step broke), 2 for bad arguments, 3 when every cell that
+ran is VALID but the time budget (--budget-s, default 9 minutes for a 10-minute command) left
+some unrun: the summary names them. Cells run backend by backend, batch by batch, so a cut
+drops whole groups from the end (torch-compile at batch 32 first).
 """
 
 from __future__ import annotations
@@ -92,31 +96,70 @@ print(json.dumps(out))
 
 WARM = r"""
 import json, sys, time
+import torch
 from chipbench.prepare import prepare_workload
 from chipbench.taskeval import reference_metric
 from chipbench.workloads.base import get_workload
 name, batches, task_samples, seed = sys.argv[1], [int(b) for b in sys.argv[2].split(",")], int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(int(sys.argv[5]))
 t0 = time.perf_counter()
 w = get_workload(name)
 for b in batches:
     prepare_workload(w, b, seed)
     if w.task_metric and task_samples > 0:
         reference_metric(w, b, task_samples)
-print(json.dumps({"workload": name, "seconds": round(time.perf_counter() - t0, 1)}))
+print(json.dumps({"workload": name, "seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads()}))
 """
 
 
+def warm_caches(args, env, cwd: Path, logfile) -> None:
+    """Export, reference and train every workload before the cells run, `args.jobs` workloads
+    at a time with the usable cores shared among them (small models train little faster on
+    16 threads than on 4, so parallel workloads finish sooner than one after another)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = max(1, min(args.jobs or max(1, cores // 4), len(args.workloads)))
+    threads = max(1, cores // jobs)
+    log(f"== caches: {len(args.workloads)} workload(s), {jobs} at a time, {threads} threads each")
+    pending, running = list(args.workloads), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            w = pending.pop(0)
+            argv = [sys.executable, "-c", WARM, w, ",".join(map(str, args.batches)), str(args.task_samples),
+                    str(args.seed), str(threads)]
+            out, err = (open(cwd / f"warm-{w}.{kind}", "w+") for kind in ("out", "err"))  # files: no pipe fills up
+            running.append((w, subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err, text=True), out, err))
+        time.sleep(0.5)
+        for item in [r for r in running if r[1].poll() is not None]:
+            running.remove(item)
+            w, proc, out, err = item
+            texts = []
+            for f in (out, err):
+                f.seek(0)
+                texts.append(f.read())
+                f.close()
+            logfile.write(texts[0] + texts[1])
+            log(f"== caches: {w}: " + (texts[0].strip() or f"exit {proc.returncode}: {texts[1].strip()[-300:]}"))
+
+
 def plan(args) -> list[tuple[str, list[str]]]:
-    """The chipbench command lines this check runs, in order, as (phase, argv)."""
+    """The command lines this check runs, in order, as (step, argv): probe, the gpu tests (with
+    --with-tests), one `chipbench run` per cell (backend by backend, batch by batch, so a cut
+    for time drops the last cells, never half of each), then the report."""
     cli = [sys.executable, "-m", "chipbench.cli"]
     res = str(args.results_dir)
     steps = [("probe", [*cli, "probe", *(["--quick"] if args.quick else []), "--results-dir", res])]
-    common = ["-w", ",".join(args.workloads), "-b", ",".join(args.backends), "--precision", ",".join(args.precisions),
-              "--device", args.device, "--min-duration", str(args.min_duration), "--min-count", str(args.min_count),
-              "--timeout", str(args.timeout), "--task-samples", str(args.task_samples), "--results-dir", res]
-    for batch in args.batches:
-        scenario = ["--scenario", "single-stream"] if batch == 1 else ["--scenario", "offline", "--batch", str(batch)]
-        steps.append((f"run b{batch}", [*cli, "run", *common, *scenario, "--no-report"]))
+    if args.with_tests:  # -P: the checkout's own folder must not shadow the package on sys.path
+        steps.append(("gpu tests", [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+                                    "-rs", str(ROOT / "tests" / "test_gpu.py")]))
+    common = ["--precision", ",".join(args.precisions), "--device", args.device,
+              "--min-duration", str(args.min_duration), "--min-count", str(args.min_count),
+              "--task-samples", str(args.task_samples), "--seed", str(args.seed), "--results-dir", res, "--no-report"]
+    for backend in args.backends:
+        for batch in args.batches:
+            scenario = ["--scenario", "single-stream"] if batch == 1 else ["--scenario", "offline", "--batch", str(batch)]
+            for w in args.workloads:
+                steps.append((f"cell {w} {backend} b{batch}",
+                              [*cli, "run", "-w", w, "-b", backend, *scenario, *common, "--timeout", str(args.timeout)]))
     steps.append(("report", [*cli, "report", "--results-dir", res]))
     return steps
 
@@ -171,11 +214,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batches", default="1,32", help="1 runs single-stream, others offline at that batch")
     p.add_argument("--min-duration", type=float, default=0.5)
     p.add_argument("--min-count", type=int, default=20)
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per cell")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per cell (at most what the budget leaves)")
+    p.add_argument("--budget-s", type=float, default=540.0,
+                   help="wall seconds for the whole check: no cell starts with less than --min-cell-s left")
+    p.add_argument("--min-cell-s", type=float, default=40.0)
     p.add_argument("--task-samples", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=0, help="workloads prepared at a time (default: usable cores / 4)")
     p.add_argument("--quick", action="store_true", help="quick probe")
     p.add_argument("--skip-probe", action="store_true")
+    p.add_argument("--with-tests", action="store_true", help="also run the tests marked gpu (tests/test_gpu.py)")
     p.add_argument("--dry-run", action="store_true", help="preflight and the command lines only")
     args = p.parse_args(argv)
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
@@ -227,24 +275,34 @@ def main(argv: list[str] | None = None) -> int:
     with open(logpath, "a") as logfile:
         logfile.write(json.dumps({"preflight": info}) + "\n")
         t0 = time.perf_counter()
-        for w in args.workloads:  # exports, references and trained weights: before any cell's time limit
-            out = subprocess.run([sys.executable, "-c", WARM, w, ",".join(map(str, args.batches)),
-                                  str(args.task_samples), str(args.seed)], cwd=scratch, env=env, capture_output=True, text=True)
-            logfile.write(out.stdout + out.stderr)
-            log(f"== caches: {w}: " + (out.stdout.strip() or f"exit {out.returncode}: {out.stderr.strip()[-300:]}"))
+        warm_caches(args, env, scratch, logfile)  # trained weights before any cell's time limit starts
         timings["caches"] = time.perf_counter() - t0
-        failed_steps = []
+        failed_steps, not_run = [], []
+        timings["cells"] = 0.0
         for name, argv_ in steps:
             if name == "probe" and args.skip_probe:
                 continue
-            rc, timings[name] = run_step(name, argv_, env, scratch, logfile)
-            if rc not in (0, 1):  # 1: some cell failed, recorded; anything else: the step itself broke
+            left = args.budget_s - (time.perf_counter() - started)
+            if name.startswith("cell "):
+                if left < args.min_cell_s:  # not enough time for another cell: say so, never half-run it
+                    not_run.append(name.removeprefix("cell "))
+                    continue
+                argv_ = [*argv_[:-1], f"{min(args.timeout, left - 5):.0f}"]  # the cell's --timeout fits the budget
+            rc, seconds = run_step(name, argv_, env, ROOT if name == "gpu tests" else scratch, logfile)
+            if name.startswith("cell "):
+                timings["cells"] += seconds
+            else:
+                timings[name] = seconds
+            if name == "gpu tests" and rc != 0:
+                failed_steps.append(f"{name} (exit {rc})")
+            elif rc not in (0, 1):  # 1: the cell failed, and its record says why; else the step broke
                 failed_steps.append(f"{name} (exit {rc})")
     records, table = summarize(args.results_dir, args.backends)
     timings["total"] = time.perf_counter() - started
     bad = [r for r in records if r["status"] != "ok" or r.get("verdict") != "VALID"]
+    cut = f"; not run within --budget-s {args.budget_s:g}: {', '.join(not_run)}" if not_run else ""
     summary = (f"# GPU check: PyTorch backends on {args.device}\n\n"
-               f"{len(records)} cells, {len(records) - len(bad)} ok and VALID; "
+               f"{len(records)} cells, {len(records) - len(bad)} ok and VALID{cut}; "
                + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + "\n\n" + table)
     print(summary)
     if args.export:
@@ -257,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         (args.export / "gpu-torch.log").write_text(logpath.read_text()[-4_000_000:])
     if failed_steps:
         log(f"steps that broke: {', '.join(failed_steps)}")
-    return 1 if bad or failed_steps or not records else 0
+    if bad or failed_steps or not records:
+        return 1
+    return 3 if not_run else 0
 
 
 if __name__ == "__main__":

@@ -32,13 +32,15 @@ def dry_run(*args, tmp_path):
 def test_dry_run_prints_the_chipbench_command_lines(tmp_path):
     proc = dry_run(tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith(("probe", "run", "report")))
-    assert list(lines) == ["probe", "run b1", "run b32", "report"]
-    for name in ("run b1", "run b32"):
-        assert "-m chipbench.cli run -w defect-cnn,vibration-cnn1d,edge-inspect,rul-tcn,sensor-ae,sensor-transformer" in lines[name]
-        assert "-b torch-eager-cuda,torch-compile-cuda" in lines[name] and "--device cuda:0" in lines[name]
-    assert "--scenario single-stream" in lines["run b1"]
-    assert "--scenario offline --batch 32" in lines["run b32"]
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith(("probe", "cell", "report")))
+    names = list(lines)
+    assert names[0] == "probe" and names[-1] == "report" and len(names) == 2 + 6 * 2 * 2
+    # backend by backend, batch by batch: a cut for time drops torch-compile at batch 32 first
+    assert names[1] == "cell defect-cnn torch-eager-cuda b1" and names[-2] == "cell sensor-transformer torch-compile-cuda b32"
+    one = lines["cell rul-tcn torch-eager-cuda b1"]
+    assert "-m chipbench.cli run -w rul-tcn -b torch-eager-cuda --scenario single-stream" in one
+    assert "--device cuda:0" in one and one.endswith("--timeout 300.0")
+    assert "--scenario offline --batch 32" in lines["cell rul-tcn torch-compile-cuda b32"]
     preflight = json.loads(proc.stderr[proc.stderr.index("{"):])
     assert set(preflight["backends"]) == {"torch-eager-cuda", "torch-compile-cuda"}
 
@@ -46,7 +48,10 @@ def test_dry_run_prints_the_chipbench_command_lines(tmp_path):
 def test_cpu_rehearsal_uses_the_cpu_twins(tmp_path):
     proc = dry_run("--device", "cpu", "--workloads", "vibration-cnn1d", "--batches", "32", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "-b torch-eager,torch-compile" in proc.stdout and "--device cpu" in proc.stdout
+    cells = [line for line in proc.stdout.splitlines() if line.startswith("cell ")]
+    assert [c.split(":")[0] for c in cells] == ["cell vibration-cnn1d torch-eager b32",
+                                                 "cell vibration-cnn1d torch-compile b32"]
+    assert all("--device cpu" in c for c in cells)
     assert "unavailable here (their cells would be skipped): none" in proc.stdout
 
 
