@@ -52,9 +52,11 @@ def log(text: str) -> None:
 def chipbench_env(scratch: Path) -> tuple[dict[str, str], str]:
     """An environment in which `python -m chipbench.cli` imports this checkout, and how."""
     env = {k: v for k, v in os.environ.items() if k != "CHIPBENCH_PLUGINS"}  # no test doubles here
-    probe = [sys.executable, "-c", "import chipbench.backends.base, chipbench.workloads.base"]
-    if subprocess.run(probe, cwd=scratch, env=env, capture_output=True).returncode == 0:
-        return env, "installed"
+    probe = [sys.executable, "-c", "import os, chipbench.backends.base as b, chipbench.workloads.base; "
+             "print(os.path.realpath(b.__file__))"]
+    found = subprocess.run(probe, cwd=scratch, env=env, capture_output=True, text=True)
+    if found.returncode == 0 and Path(found.stdout.strip()).is_relative_to(ROOT):
+        return env, "installed"  # this checkout, installed (editable): nothing to do
     shadow = scratch / "pkg" / "chipbench"
     shadow.mkdir(parents=True, exist_ok=True)
     for entry in (ROOT / "chipbench").iterdir():
@@ -64,9 +66,11 @@ def chipbench_env(scratch: Path) -> tuple[dict[str, str], str]:
         if not (shadow / name).exists():
             (shadow / name).symlink_to(ROOT / folder)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shadow.parent), env.get("PYTHONPATH")]))
-    if subprocess.run(probe, cwd=scratch, env=env, capture_output=True).returncode != 0:
-        err = subprocess.run(probe, cwd=scratch, env=env, capture_output=True, text=True).stderr.strip()
-        raise SystemExit(f"error: cannot import chipbench from {ROOT}: {err.splitlines()[-1] if err else '?'}")
+    found = subprocess.run(probe, cwd=scratch, env=env, capture_output=True, text=True)
+    if found.returncode != 0 or not Path(found.stdout.strip()).is_relative_to(ROOT):
+        err = found.stderr.strip()
+        raise SystemExit(f"error: cannot import chipbench from {ROOT}: "
+                         f"{err.splitlines()[-1] if err else 'another chipbench comes first: ' + found.stdout.strip()}")
     return env, f"checkout in place ({shadow} -> {ROOT})"
 
 
@@ -138,7 +142,8 @@ def warm_caches(args, env, cwd: Path, logfile) -> None:
                 texts.append(f.read())
                 f.close()
             logfile.write(texts[0] + texts[1])
-            log(f"== caches: {w}: " + (texts[0].strip() or f"exit {proc.returncode}: {texts[1].strip()[-300:]}"))
+            last = [line.strip() for line in texts[1].splitlines() if line.strip() and not set(line.strip()) <= set("^~ ")]
+            log(f"== caches: {w}: " + (texts[0].strip() or f"exit {proc.returncode}: {last[-1][:300] if last else '?'}"))
 
 
 def plan(args) -> list[tuple[str, list[str]]]:
@@ -232,6 +237,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.batches = [int(b) for b in split(args.batches)]
     except ValueError:
         p.error(f"--batches {args.batches!r}: expected integers, e.g. 1,32")
+    if 0 < args.task_samples < max(args.batches, default=1):
+        p.error(f"--task-samples {args.task_samples}: the task metric needs at least one batch ({max(args.batches)}), or 0")
     if not args.device.startswith(("cuda", "cpu")):
         p.error(f"--device {args.device!r}: expected cuda[:N] or cpu")
     default = BACKENDS if args.device.startswith("cuda") else tuple(b.removesuffix("-cuda") for b in BACKENDS)

@@ -67,7 +67,7 @@ def test_the_checkout_imports_in_place_where_chipbench_is_not_installed(check, t
     def first_probe_fails(argv, **kw):  # as on a bare GPU image: the first import check fails
         calls.append(argv)
         if len(calls) == 1:
-            return subprocess.CompletedProcess(argv, 1, b"", b"")
+            return subprocess.CompletedProcess(argv, 1, "", "ModuleNotFoundError: No module named 'chipbench'")
         return real(argv, **kw)
 
     monkeypatch.setattr(check.subprocess, "run", first_probe_fails)
