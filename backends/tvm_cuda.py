@@ -386,7 +386,7 @@ class TvmCuda:
         import tvm
 
         from chipbench.backends.tvm import _to_numpy, load
-        from chipbench.gpuinfo import cuda_device_info
+        from chipbench.gpu import describe
 
         require_precision(self, spec, source)
         index = spec.device.index if spec.device.kind == "cuda" else 0
@@ -424,7 +424,7 @@ class TvmCuda:
             return [float(s) for s in result.results][:n]
 
         compiled = self._compiled(build, run, compile_s)
-        compiled.device, compiled.timer = cuda_device_info(index, device), timer
+        compiled.device, compiled.timer = describe(index, tvm_device=device), timer
         return compiled
 
     def compile_for_bundle(self, source: ModelSource, spec: CompileSpec) -> Compiled:

@@ -69,12 +69,9 @@ def _device(kind: str, index: int) -> Any:
 def _describe(dev: Any, kind: str) -> dict[str, Any]:
     if kind != "cuda":
         return {}
-    info = {"name": str(dev.device_name), "compute_version": str(dev.compute_version)}
-    try:
-        info["memory_gib"] = round(int(dev.total_global_memory) / 2**30, 1)
-    except Exception:  # older drivers do not report it: the record stays without
-        pass
-    return info
+    from chipbench.gpu import describe  # NVML where it is installed, TVM's attributes always
+
+    return describe(dev.index, use_torch=False, tvm_device=dev)
 
 
 def _param(spec: dict[str, Any], array: np.ndarray, dev: Any) -> Any:

@@ -35,6 +35,7 @@ import numpy as np
 
 from chipbench import runtime_guard
 from chipbench.bundle_format import INPUTS, REFERENCE, BundleError, load_arrays, records_document, verify
+from chipbench.energy import meter_for
 from chipbench.paths import atomic_write_text
 from chipbench.record import RunRecord
 from chipbench.recording import Gate, finite, measured_fields, this_machine
@@ -138,12 +139,15 @@ def run_bundle(bundle: Path, args: argparse.Namespace) -> tuple[dict[str, Any], 
         start = time.perf_counter()
         outputs = loaded.run(inputs)
         compile_info["first_run_s"] = time.perf_counter() - start  # cold start, apart from run time
-        if loaded.timer is not None:  # the device's own clock: transfers stay outside
-            timer = loaded.timer
-            m = measure_on_device(lambda n: timer(inputs, n), settings)
-        else:
-            run = loaded.run
-            m = measure(lambda: run(inputs), settings)
+        meter = meter_for(provenance["device"])  # NVML energy on a CUDA device; measures nothing elsewhere
+        with meter:
+            if loaded.timer is not None:  # the device's own clock: transfers stay outside
+                timer = loaded.timer
+                m = measure_on_device(meter.timer(lambda n: timer(inputs, n)), settings)
+            else:
+                run = loaded.run
+                m = measure(meter.query(lambda: run(inputs)), settings)
+        fields["energy"] = meter.result(manifest["batch"])
         gate = Gate.from_dict(manifest["tolerance"])
         measured = measured_fields(m.samples_s, manifest["batch"], outputs, reference, gate,
                                    finite(manifest["tolerance"]), seed=cell["seed"])
@@ -152,7 +156,7 @@ def run_bundle(bundle: Path, args: argparse.Namespace) -> tuple[dict[str, Any], 
     finally:
         loaded.close()
     record = RunRecord(**fields, **measured, status="ok", compile=compile_info, provenance=provenance,
-                       notes=notes + ([m.note] if m.note else []))
+                       notes=notes + [n for n in (m.note, meter.note) if n])
     return records_document(manifest_sha, [record.to_dict()]), 0
 
 

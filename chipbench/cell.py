@@ -20,6 +20,7 @@ from chipbench.accuracy import check, fidelity
 from chipbench.backends.base import Arrays, Compiled, CompileSpec, Unsupported, get_backend
 from chipbench.byo import ModelError, prepare_model
 from chipbench.device import Device, DeviceError, default_device, supported_kinds
+from chipbench.energy import meter_for
 from chipbench.errors import one_line
 from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
@@ -265,19 +266,23 @@ def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_inf
                 "task": task}
 
     run = compiled.run
-    if compiled.timer is not None:  # the device's own clock: transfers and network stay outside
-        timer = compiled.timer
-        m = measure_on_device(lambda n: timer(inputs, n), cell.settings)
-    else:
-        m = measure(lambda: run(inputs), cell.settings)
+    meter = meter_for(ran["provenance"].get("device"))  # NVML energy on a CUDA device; measures nothing elsewhere
+    with meter:
+        if compiled.timer is not None:  # the device's own clock: transfers and network stay outside
+            timer = meter.timer(lambda n: compiled.timer(inputs, n))
+            m = measure_on_device(timer, cell.settings)
+        else:
+            m = measure(meter.query(lambda: run(inputs)), cell.settings)
     stats = LatencyStats.from_samples(m.samples_s, seed=cell.seed)
+    energy = meter.result(prep.batch)
     # samples per second: the batch that ran, never a guess from an input's first dimension
     throughput = {"value": prep.batch * len(m.samples_s) / float(np.sum(m.samples_s)), "unit": "samples/s"}
     return base_record(
         cell, "ok", "; ".join(failures) or None, **ran, compile=compile_info,
         latency=stats.to_dict(), throughput=throughput, accuracy=_finite(accuracy),
-        verdict="INVALID" if failures else "VALID", notes=prep.notes + ([m.note] if m.note else []),
-        coverage=ops_coverage, work=prep.work,
+        verdict="INVALID" if failures else "VALID",
+        notes=prep.notes + [n for n in (m.note, meter.note) if n],
+        coverage=ops_coverage, work=prep.work, energy=energy,
     )
 
 

@@ -288,9 +288,12 @@ def probe(
     if_missing: Annotated[bool, typer.Option("--if-missing", help="Keep this machine's saved profile if there is one.")] = False,
     results_dir: ResultsDir = Path("results"),
 ) -> None:
-    """Measure this machine's ceilings (GEMM FLOP/s per precision, STREAM triad bandwidth)."""
+    """Measure this machine's ceilings (GEMM FLOP/s per precision, STREAM triad bandwidth), and
+    each CUDA GPU's (matmul FLOP/s per precision, copy bandwidth) where there is one."""
+    from chipbench.gpu_probe import probe_gpus
     from chipbench.probe import load_profile, measure_ceilings, save_profile
 
+    probe_gpus(results_dir, quick=quick, if_missing=if_missing, note=lambda s: err.print(s, markup=False))  # no GPU: nothing
     if if_missing and load_profile(results_dir) is not None:
         err.print("device profile already measured for this machine (drop --if-missing to measure again)")
         return

@@ -38,11 +38,21 @@ class Machine:
     mhz: float | None  # nominal clock from cpufreq max or /proc/cpuinfo (a VM shows the TSC rate)
     vendor: str = ""
     family: int | None = None
+    kind: str = "cpu"  # "cuda": a GPU (then `cpu` is its name, `cores` its multiprocessors, `mhz` its max SM clock)
 
     @property
     def key(self) -> str:
+        """Where its profile is saved: `<cpu-model>-<cores>c` for the host CPU, `cuda-<gpu-name>`
+        for a GPU (identical GPUs share one profile), so a GPU never overwrites its host's."""
+        if self.kind != "cpu":
+            return device_key(self.kind, self.cpu)
         slug = re.sub(r"[^a-z0-9]+", "-", self.cpu.lower()).strip("-")
         return f"{slug}-{self.cores}c"
+
+
+def device_key(kind: str, name: str) -> str:
+    """The profile key of a non-CPU device of this kind and name, e.g. `cuda-nvidia-h200`."""
+    return f"{kind}-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 @dataclass
@@ -266,7 +276,21 @@ def save_profile(profile: DeviceProfile, results_dir: Path) -> Path:
 
 def load_profile(results_dir: Path, machine: Machine | None = None) -> DeviceProfile | None:
     """The profile saved for this machine (or `machine`), None when there is none yet."""
-    path = profile_path(results_dir, (machine or read_machine()).key)
+    return _load(profile_path(results_dir, (machine or read_machine()).key))
+
+
+def _load(path: Path) -> DeviceProfile | None:
     if not path.exists():
         return None
     return DeviceProfile.from_dict(json.loads(path.read_text()))
+
+
+def load_profile_for(results_dir: Path, device: dict[str, Any] | None) -> DeviceProfile | None:
+    """The ceilings of the device a record ran on (`provenance.device`: kind, name): a GPU's own
+    profile (`chipbench probe` on a machine with that GPU) for a CUDA device, this machine's
+    for the CPU or a record that names no device; None when that profile was never measured."""
+    kind = (device or {}).get("kind", "cpu")
+    if kind == "cpu":
+        return load_profile(results_dir)
+    name = (device or {}).get("name")
+    return _load(profile_path(results_dir, device_key(kind, name))) if name else None

@@ -35,6 +35,7 @@ class RunRecord:
     work: dict[str, Any] | None = None  # FLOPs and minimum bytes of one query (for the roofline)
     kind: str = "run"  # "run": a benchmark; "profile": a per-operator breakdown (in `profile`)
     profile: dict[str, Any] | None = None  # chipbench.opprofile.OpProfile.to_dict()
+    energy: dict[str, Any] | None = None  # measured device energy over the timed run (chipbench.energy)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
     schema_version: int = SCHEMA_VERSION
     config_hash: str = ""

@@ -238,7 +238,7 @@ def gather_extras(records: list[RunRecord], results_dir: Path | None, profiles: 
         return Extras()
     from chipbench import tuning_curves
     from chipbench.opprofile import OpProfile, attach_roofline
-    from chipbench.probe import load_profile
+    from chipbench.probe import load_profile, load_profile_for
     from chipbench.roofline import place, plot
 
     extras = Extras(tuning=tuning_curves.tuning_rows(records))
@@ -250,23 +250,33 @@ def gather_extras(records: list[RunRecord], results_dir: Path | None, profiles: 
     for rec in profiles:
         if rec.status == "ok" and rec.profile:
             prof = OpProfile.from_dict(rec.profile)
-            if device is not None:
-                attach_roofline(prof, device, rec.precision)
+            on = rec.provenance.get("device") or {}
+            roof = device if on.get("kind", "cpu") == "cpu" else load_profile_for(results_dir, on)
+            if roof is not None:
+                attach_roofline(prof, roof, rec.precision)
             extras.profiles.append(prof.to_dict())
-    if device is None:
-        return extras
-    extras.device = {"peaks": device.peak_gflops, "bandwidth": device.bandwidth_gbps,
-                     "theoretical": device.theoretical_gflops, "measured_at": device.measured_at,
-                     "quick": device.quick}
-    for r in records:  # the measured ceilings are this host CPU's: only its records go on this roofline
-        if r.status == "ok" and r.work and r.work.get("flops") and r.precision == "fp32" and r.device_id == "cpu":
+    if device is not None:
+        extras.device = {"peaks": device.peak_gflops, "bandwidth": device.bandwidth_gbps,
+                         "theoretical": device.theoretical_gflops, "measured_at": device.measured_at,
+                         "quick": device.quick}
+    roofs: dict[str, tuple] = {}  # profile key -> (profile, its points): a GPU's records on its own ceilings
+    for r in records:
+        if r.status == "ok" and r.work and r.work.get("flops") and r.precision == "fp32":
+            on = r.provenance.get("device") or {}
+            roof = device if on.get("kind", "cpu") == "cpu" else load_profile_for(results_dir, on)
+            if roof is None:
+                continue
             label = f"{r.workload['name']} {r.backend['name']}" + ("" if r.batch == 1 else f" b{r.batch}")
+            label += "" if roof is device else f" @ {roof.machine.cpu}"
             seconds = r.latency["median"] / 1e3
-            extras.points.append((r, place(device, label, r.work["flops"], r.work["bytes"], seconds)))
-    if extras.points:
-        out = plot(device, [p for _, p in extras.points], results_dir / "roofline",
-                   title=f"Roofline: {device.machine.cpu} ({device.machine.cores} cores)")
-        extras.images["roofline"] = out[0]
+            point = place(roof, label, r.work["flops"], r.work["bytes"], seconds)
+            extras.points.append((r, point))
+            roofs.setdefault(roof.key, (roof, []))[1].append(point)
+    for key, (roof, points) in roofs.items():
+        name = "roofline" if device is not None and key == device.key else f"roofline-{key}"
+        unit = "cores" if roof.machine.kind == "cpu" else "SMs"
+        out = plot(roof, points, results_dir / name, title=f"Roofline: {roof.machine.cpu} ({roof.machine.cores} {unit})")
+        extras.images[name] = out[0]
     return extras
 
 

@@ -112,11 +112,12 @@ def _failed(cell: Cell, reason: str) -> RunRecord:
     return base_record(cell, "failed", reason)
 
 
-def device_summary(results_dir: Path) -> dict | None:
-    """This machine's measured ceilings (`chipbench probe`), attached to every run made here."""
-    from chipbench.probe import load_profile
+def device_summary(results_dir: Path, device: dict | None = None) -> dict | None:
+    """The measured ceilings (`chipbench probe`) of the device a run used (`provenance.device`;
+    this machine's CPU when it names none), attached to every run made here."""
+    from chipbench.probe import load_profile_for
 
-    profile = load_profile(results_dir)
+    profile = load_profile_for(results_dir, device)
     if profile is None:
         return None
     return {"key": profile.key, "peak_gflops": profile.peak_gflops, "bandwidth_gbps": profile.bandwidth_gbps,
@@ -161,6 +162,8 @@ def run_cells(cells: list[Cell], store: ResultsStore,
         try:
             # cells sent to an RPC key run as many at once as it has servers; local ones in turn
             for cell, (record, out) in spread(cells, run_one):
+                if record.device_id != "cpu" and record.provenance.get("device_profile") is None:  # a GPU's own ceilings
+                    record.provenance["device_profile"] = device_summary(store.root, record.provenance.get("device"))
                 store.add(record)
                 out.unlink(missing_ok=True)
                 records.append(record)

@@ -47,7 +47,8 @@ TVM_LIBRARIES = ("libtvm_runtime.so", "libtvm_runtime_cuda.so")
 TVM_NOTICES = ("LICENSE", "NOTICE")
 FFI_SKIP = {"include", "src", "3rdparty", "cython", "stub", "share", "__pycache__"}  # C++ and build inputs
 # The runner's modules (chipbench.bundle_runner imports these and nothing else of chipbench).
-CHIPBENCH_FILES = ("__init__.py", "accuracy.py", "bundle_format.py", "bundle_runner.py", "machine.py", "paths.py",
+CHIPBENCH_FILES = ("__init__.py", "accuracy.py", "bundle_format.py", "bundle_runner.py", "energy.py", "gpu.py",
+                   "machine.py", "paths.py",
                    "record.py", "recording.py", "rpc_server.py", "runtime_guard.py", "scenarios.py", "stats.py",
                    "schema/run_record.schema.json")
 BACKEND_FILES = ("__init__.py", "tvm_runtime.py", "ort_runtime.py")
