@@ -38,7 +38,8 @@ def _split(values: list[str] | None) -> list[str]:
 @app.command("list")
 def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Workloads and backends, with each backend's availability and reason."""
-    from chipbench.backends.base import backend_names, get_backend
+    from chipbench.backends.base import backend_names, compile_capability, get_backend
+    from chipbench.device import supported_kinds
     from chipbench.workloads.base import get_workload, workload_names
 
     workloads = [get_workload(n).describe() for n in workload_names()]
@@ -46,8 +47,10 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
     for name in backend_names():
         b = get_backend(name)
         ok, why = b.available()
+        compiles, _ = compile_capability(b)
         backends.append({"name": name, "description": b.description, "available": ok, "reason": why,
-                         "precisions": list(b.precisions)})
+                         "precisions": list(b.precisions), "devices": list(supported_kinds(b)),
+                         "compiles_here": compiles})
     if as_json:
         print(json.dumps({"workloads": workloads, "backends": backends}, indent=1))
         return
@@ -58,10 +61,11 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
     for w in workloads:
         table.add_row(w["name"], w["scenario"], w["task_metric"] or "fidelity only")
     out.print(table)
-    table = Table("backend", "available", "precisions", "description / reason", title="Backends")
+    table = Table("backend", "available", "devices", "precisions", "description / reason", title="Backends")
     for b in backends:
-        table.add_row(b["name"], "yes" if b["available"] else "[red]no[/red]", ",".join(b["precisions"]),
-                      b["description"] if b["available"] else b["reason"])
+        available = "yes" if b["available"] else ("[yellow]bundles only[/yellow]" if b["compiles_here"] else "[red]no[/red]")
+        table.add_row(escape(b["name"]), available, ",".join(b["devices"]), ",".join(b["precisions"]),
+                      escape(b["description"] if b["available"] else b["reason"]))
     out.print(table)
 
 

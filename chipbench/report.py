@@ -154,6 +154,13 @@ def precision_rows(records: list[RunRecord]) -> list[PrecisionRow]:
     return rows
 
 
+def energy_summary(r: RunRecord) -> str:
+    """Measured joules per inference and average watts (chipbench.energy), or "–"."""
+    if not r.energy:
+        return "–"
+    return f"{fmt_num(r.energy['joules_per_inference'])} J, {fmt_num(r.energy['avg_watts'])} W"
+
+
 def task_summary(r: RunRecord) -> str:
     task = (r.accuracy or {}).get("task")
     if not task:
@@ -308,6 +315,7 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
         tuning_cells=tuning_cells,
         coverage=coverage_matrix(records),
         task_summary=task_summary,
+        energy_summary=energy_summary,
         counts=Counter(r.status for r in records),
     )
 
