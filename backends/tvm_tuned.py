@@ -83,6 +83,7 @@ class TvmLlvmTuned(TvmLlvm):
         compiled.tuning_db = tuning.records_digest(database)
         compiled.pipeline = f"{compiled.pipeline} ({cov['tasks_applied']}/{cov['tasks_found']} tasks tuned)"
         compiled.details.update({
+            "untuned_backend": TvmLlvm.name,  # what the report sets this result beside
             "tuning_db_path": _shown(folder),
             "trials": meta.get("trials", tuning.record_count(folder)),  # tuning effort behind it
             "records": tuning.record_count(folder),  # fewer when shipped pruned to the best per task
@@ -105,8 +106,10 @@ class TvmLlvmTuned(TvmLlvm):
 
 
 def _shown(folder: Path) -> str:
-    """The database path as a reader can follow it: relative to here when inside this tree."""
+    """The database path as a reader can follow it: relative to the source tree when inside it
+    (a shipped database), else as it is (cells run in a folder of their own)."""
+    tree = Path(__file__).resolve().parent.parent
     try:
-        return str(folder.resolve().relative_to(Path.cwd().resolve()))
+        return str(folder.resolve().relative_to(tree))
     except ValueError:
         return str(folder)

@@ -1,5 +1,6 @@
-"""What tuning bought, for the report: one row per `tvm-llvm-tuned` result, set beside the
-untuned TVM and ONNX Runtime results of the same run (same workload, scenario, precision,
+"""What tuning bought, for the report: one row per tuned result (a record whose backend names
+the backend it tunes, `details.untuned_backend`), set beside the untuned and ONNX Runtime
+results of the same run (same workload, scenario, precision,
 batch), and a plot of each database's tuning curve (latency against minutes of tuning)."""
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from chipbench.record import RunRecord
 
 FAIR_RATIO = 1.5  # tuned TVM within this factor of ONNX Runtime counts as a fair comparison
+REFERENCE_BACKEND = "ort-cpu"  # the vendor runtime tuned results are set beside
 RATIO_TICKS = (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
@@ -47,11 +49,12 @@ def tuning_rows(records: list[RunRecord]) -> list[TuningRow]:
                for r in records if r.status == "ok" and r.latency}
     rows = []
     for r in records:
-        if r.backend["name"] != "tvm-llvm-tuned" or r.status != "ok" or not r.latency:
-            continue
         d = r.backend.get("details") or {}
-        untuned = medians.get(("tvm-llvm", *key(r)))
-        ort = medians.get(("ort-cpu", *key(r)))
+        # a tuned backend names the backend it tunes (tvm-llvm-tuned: tvm-llvm)
+        if not d.get("untuned_backend") or r.status != "ok" or not r.latency:
+            continue
+        untuned = medians.get((d["untuned_backend"], *key(r)))
+        ort = medians.get((REFERENCE_BACKEND, *key(r)))
         search = d.get("search") or {}
         row = TuningRow(
             workload=r.workload["name"], scenario=r.scenario["name"], batch=r.batch,
