@@ -43,7 +43,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from chipbench.backends.base import Arrays, Compiled, CompileSpec, ModelSource, Unsupported, register, require_precision
+from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, converts, register,
+                                     require_precision)
+from chipbench.gpu import cuda_present
 
 DLIGHT_RULES = ("Matmul", "GEMV", "LowBatchGEMV", "Reduction", "GeneralReduction", "Transpose", "RMSNorm", "Fallback")
 """dlight GPU rules (`tvm.s_tir.dlight.gpu`), tried in this order on each kernel. The specific
@@ -52,7 +54,6 @@ TVM's own CUDA pipeline (Matmul, GEMV, Reduction, GeneralReduction, Fallback), w
 after GEMV as MLC-LLM orders them, and Transpose and RMSNorm before Fallback."""
 
 HOST_TARGET = {"kind": "llvm"}  # generic x86-64: the library's host side runs on the GPU server's CPU
-_GPU_NODES = (Path("/dev/nvidia0"), Path("/proc/driver/nvidia/gpus"))
 
 
 class CudaBuild(NamedTuple):
@@ -66,18 +67,6 @@ class CudaBuild(NamedTuple):
     target: Any
     pipeline: str
     details: dict
-
-
-def gpu_present() -> bool:
-    """Cheap: does this host show an NVIDIA GPU (`/dev/nvidia0`, or entries under
-    `/proc/driver/nvidia/gpus`)? No library is loaded."""
-    dev, proc = _GPU_NODES
-    if dev.exists():
-        return True
-    try:
-        return proc.is_dir() and any(proc.iterdir())
-    except OSError:
-        return False
 
 
 def tvm_has_cuda() -> bool:
@@ -294,8 +283,7 @@ def compile_for(source: ModelSource, spec: CompileSpec) -> CudaBuild:
     from chipbench import cuda_stub
     from chipbench.backends.tvm import import_onnx
 
-    if spec.precision not in TvmCuda.precisions:
-        raise Unsupported(f"tvm-cuda runs {', '.join(TvmCuda.precisions)}, not {spec.precision}")
+    require_precision(TvmCuda(), spec, source)
     start = time.perf_counter()
     mode = cuda_compile_mode()
     driver = cuda_stub.ensure_cuda_runtime()
@@ -303,7 +291,8 @@ def compile_for(source: ModelSource, spec: CompileSpec) -> CudaBuild:
         target = resolve_target(spec)
     except ValueError as exc:
         raise Unsupported(str(exc)) from None
-    if spec.precision == "fp16":
+    to_fp16 = converts(spec, source) and spec.precision == "fp16"  # a graph already in fp16 runs as it is
+    if to_fp16:
         from chipbench.quantize import fp16_model
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -323,7 +312,7 @@ def compile_for(source: ModelSource, spec: CompileSpec) -> CudaBuild:
             exe = tvm.compile(mod, target=target, relax_pipeline=cuda_pipeline(target))
     pipeline = "relax-fused + " + ("metaschedule-db, then " if database else "") + "dlight gpu default schedules"
     pipeline += f", CUDA via {mode}"
-    if spec.precision == "fp16":
+    if to_fp16:
         pipeline += ", fp16 weights and compute (ONNX float16 conversion, fp32 I/O)"
     details = {
         "cuda_compiler": f"{mode} {nvcc_version()}".strip() if mode == "nvcc" else mode,
@@ -358,7 +347,7 @@ class TvmCuda:
     def available(self) -> tuple[bool, str]:
         if importlib.util.find_spec("tvm") is None:
             return False, "apache-tvm is not installed"
-        if not gpu_present():
+        if not cuda_present():
             return False, "no CUDA device"
         return self.can_compile()
 
@@ -373,7 +362,7 @@ class TvmCuda:
             return False, "apache-tvm was built without CUDA (no libtvm_runtime_cuda.so)"
         if find_nvcc() is None and not has_nvrtc():
             return False, "nvcc not found (PATH, $CUDA_HOME, /usr/local/cuda), nor NVRTC (cuda-bindings)"
-        if not gpu_present() and c_compiler() is None:
+        if not cuda_present() and c_compiler() is None:
             return False, "no C compiler to build the CUDA driver stub for cross-compilation"
         return True, ""
 

@@ -48,6 +48,7 @@ def base_record(cell: Cell, status: str, reason: str | None = None, **extra) -> 
         provenance={
             "libraries": library_versions(),
             "machine": machine_info(),
+            "device": cell_device(cell),  # what the cell was for, even when it never got to run
             "git_commit": git_commit(),
             "seed": cell.seed,
             "config": cell.to_dict(),
@@ -55,6 +56,16 @@ def base_record(cell: Cell, status: str, reason: str | None = None, **extra) -> 
         },
         **extra,
     )
+
+
+def cell_device(cell: Cell) -> dict:
+    """{"kind", "id"} of the device a cell names, or its backend's default device; "cpu" when
+    neither can be told (an unknown backend, a device string that does not parse)."""
+    try:
+        device = Device.parse(cell.device) if cell.device else default_device(get_backend(cell.backend))
+    except (DeviceError, KeyError):
+        device = Device()
+    return {"kind": device.kind, "id": str(device)}
 
 
 def describe_device(device: Device, compiled: Compiled) -> dict:
@@ -300,36 +311,28 @@ def _finite(accuracy: dict) -> dict:
 def die_with_parent() -> None:
     """Take this cell (and everything it started) down when the sweep that started it dies.
 
-    The runner puts each cell in its own process group and names itself in
-    CHIPBENCH_PARENT_PID. On Linux the kernel sends SIGTERM when the parent dies, even by
-    SIGKILL (prctl PR_SET_PDEATHSIG); elsewhere a watchdog thread polls the parent. Either way
-    the cell kills its whole group, so nothing it started is left running."""
+    The runner puts each cell in a process group of its own and names itself in
+    CHIPBENCH_PARENT_PID. A watchdog process in that group (a shell loop, so it needs no Python
+    and no GIL) waits for the parent to go and then kills the whole group: it works however the
+    parent died (SIGKILL included) and whatever the cell is doing, a long native call in TVM,
+    nvcc or ONNX Runtime included, and takes the cell's own children with it. On Linux the
+    kernel also kills the cell itself at once (prctl PR_SET_PDEATHSIG, SIGKILL). When the cell
+    ends normally, the runner kills its group, watchdog included."""
     parent = int(os.environ.get("CHIPBENCH_PARENT_PID", "0") or 0)
     if not parent:
         return
-
-    def kill_group(*_args) -> None:
-        os.killpg(os.getpgrp(), signal.SIGKILL)
-
-    signal.signal(signal.SIGTERM, kill_group)
-    watched = False
     if sys.platform.startswith("linux"):
         import ctypes
 
         pr_set_pdeathsig = 1  # <linux/prctl.h>
-        watched = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM) == 0
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        kill_group()
-    if not watched:
-        import threading
-        import time
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    group = os.getpgrp()
+    import subprocess
 
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(0.5)
-            kill_group()
-
-        threading.Thread(target=watch, daemon=True, name="chipbench-parent-watch").start()
+    subprocess.Popen(["sh", "-c", f"while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; kill -KILL -{group}"],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if os.getppid() != parent:  # the parent died before the watchdog was there
+        os.killpg(group, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:

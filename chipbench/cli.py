@@ -98,8 +98,7 @@ def run(
     Every input is checked before the first cell runs; a cell that crashes, hangs or cannot run
     costs that cell only. Stopped with Ctrl-C or SIGTERM, the running cell is killed, what was
     measured is stored, and `--resume` carries on where the sweep stopped."""
-    from chipbench.runner import Interrupted, run_cells
-    from chipbench.store import ResultsStore, StoreError, canonical
+    from chipbench.store import canonical
     from chipbench.suite import SuiteError, check_cell, expand, load_suite, with_overrides
 
     try:
@@ -129,6 +128,24 @@ def run(
     _check_names(cells, f"{suite}: " if suite is not None else "")
     cells = _checked_models(cells)
 
+    store = open_store(results_dir)
+    if resume:
+        done = store.measured_configs()
+        todo = [c for c in cells if canonical(c.to_dict()) not in done]
+        err.print(f"resume: {len(cells) - len(todo)} of {len(cells)} cell(s) already measured")
+        cells = todo
+    records = sweep(cells, store)
+    if report:
+        _write_report(store, results_dir / "report.md", results_dir / "report.html")
+    if any(r.status == "failed" for r in records):
+        raise typer.Exit(1)
+
+
+def open_store(results_dir: Path):
+    """The results store, checked writable and readable before anything is measured (exit 2
+    when it is not), with what an earlier run left unindexed indexed first."""
+    from chipbench.store import ResultsStore, StoreError
+
     store = ResultsStore(results_dir)
     try:
         store.check_writable()
@@ -136,29 +153,23 @@ def run(
             err.print(f"indexed records an earlier run left in {results_dir}/")
     except StoreError as exc:
         fail(str(exc))
-    if resume:
-        done = store.measured_configs()
-        todo = [c for c in cells if canonical(c.to_dict()) not in done]
-        err.print(f"resume: {len(cells) - len(todo)} of {len(cells)} cell(s) already measured")
-        cells = todo
-    err.print(f"chipbench: {len(cells)} cell(s) → {results_dir}/")
+    return store
+
+
+def sweep(cells, store) -> list:
+    """Run `cells` into `store`, a line per finished cell; a record that cannot be stored or a
+    signal ends the CLI with one line (exit 1, or 128 + the signal), keeping what finished."""
+    from chipbench.runner import Interrupted, run_cells
+    from chipbench.store import StoreError
+
+    err.print(f"chipbench: {len(cells)} cell(s) → {store.root}/")
     try:
-        records = run_cells(cells, store, on_done=_progress)
+        return run_cells(cells, store, on_done=_progress)
     except StoreError as exc:
         fail(f"{exc}; the sweep stopped, the record waits in {store.incoming_dir}/ for the next run", code=1)
     except Interrupted as exc:
-        fail(f"interrupted by {signal_name(exc.signum)} after {exc.done} of {len(cells)} cell(s); every finished "
-             f"cell is stored; run again with --resume to go on", code=128 + exc.signum)
-    if report and store.latest():
-        _write_report(store, results_dir / "report.md", results_dir / "report.html")
-    if any(r.status == "failed" for r in records):
-        raise typer.Exit(1)
-
-
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
+        fail(f"interrupted by {exc} after {exc.done} of {len(cells)} cell(s); every finished cell is stored; "
+             f"run again with --resume to go on", code=128 + exc.signum)
 
 
 def _checked_models(cells):
@@ -321,15 +332,13 @@ def kernels(
     tag: Annotated[Optional[str], typer.Option("--tag", help="Cases with this tag (kernel, workload, deepbench, smoke).")] = None,
     backend: Annotated[Optional[list[str]], typer.Option("-b", "--backend", help="Backend name(s).")] = None,
     list_only: Annotated[bool, typer.Option("--list", help="List the cases and exit.")] = False,
-    min_duration: Annotated[float, typer.Option("--min-duration")] = 0.5,
-    timeout: Annotated[float, typer.Option("--timeout")] = 300.0,
+    min_duration: Annotated[float, typer.Option("--min-duration", min=0.0)] = 0.5,
+    timeout: Annotated[float, typer.Option("--timeout", callback=_positive)] = 300.0,
     results_dir: ResultsDir = Path("results"),
 ) -> None:
     """Operator microbenchmarks at workload shapes, through every backend, into the results store."""
     from chipbench.kernels.cases import kernel_cases
-    from chipbench.runner import run_cells
     from chipbench.scenarios import MeasureSettings
-    from chipbench.store import ResultsStore
     from chipbench.suite import Cell
 
     cases = kernel_cases(tag) if tag else kernel_cases() + kernel_cases("smoke")
@@ -346,8 +355,7 @@ def kernels(
     cells = [Cell(workload=c.name, kernel=c.name, backend=b, timeout_s=timeout, settings=settings)
              for c in cases for b in (_split(backend) or ["ort-cpu", "tvm-llvm"])]
     _check_names(cells)
-    err.print(f"chipbench: {len(cells)} kernel cell(s) → {results_dir}/")
-    records = run_cells(cells, ResultsStore(results_dir), on_done=_progress)
+    records = sweep(cells, open_store(results_dir))
     if any(r.status == "failed" for r in records):
         raise typer.Exit(1)
 
@@ -367,10 +375,8 @@ def profile(
     from dataclasses import replace
 
     from chipbench.opprofile import OpProfileError, attach_roofline, render_markdown
-    from chipbench.probe import load_profile
+    from chipbench.probe import ceilings_lookup
     from chipbench.profiling import profile_cell, profile_of
-    from chipbench.runner import Interrupted, run_cells
-    from chipbench.store import ResultsStore, StoreError
     from chipbench.suite import SuiteError, check_cell
 
     cells = [replace(profile_cell(w, b, batch, runs, device), timeout_s=timeout)
@@ -381,23 +387,18 @@ def profile(
     except SuiteError as exc:
         fail(str(exc))
     _check_names(cells)
-    store = ResultsStore(results_dir)
-    try:
-        store.check_writable()
-        records = run_cells(cells, store, on_done=_progress)
-    except StoreError as exc:
-        fail(str(exc), code=1)
-    except Interrupted as exc:
-        fail(f"interrupted by {signal_name(exc.signum)}; finished profiles are stored", code=128 + exc.signum)
-    ceilings = load_profile(results_dir)
-    if ceilings is None:
-        err.print("no device profile yet: roofline columns stay empty (run `chipbench probe`)")
+    records = sweep(cells, open_store(results_dir))
+    ceilings_of = ceilings_lookup(results_dir)
     for record in records:
         try:
             prof = profile_of(record)
         except OpProfileError:
             continue
-        if ceilings is not None:
+        ceilings = ceilings_of(record.provenance.get("device"))
+        if ceilings is None:
+            err.print(f"no ceilings measured for {record.device_label}: roofline columns stay empty "
+                      "(run `chipbench probe` there)")
+        else:
             attach_roofline(prof, ceilings, record.precision)
         print(render_markdown(prof))
     if any(r.status == "failed" for r in records):

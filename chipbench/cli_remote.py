@@ -86,15 +86,18 @@ def import_cmd(
     results_dir: Annotated[Path, typer.Option("--results-dir", help="Where results and reports go.")] = Path("results"),
 ) -> None:
     """Verify every hash of the bundle and that the records belong to it, then store them."""
-    from chipbench.cli import err, fail
+    from chipbench.cli import err, fail, open_store
     from chipbench.bundle_format import BundleError
     from chipbench.bundle_import import import_records
-    from chipbench.store import ResultsStore
+    from chipbench.store import StoreError
 
+    store = open_store(results_dir)
     try:
-        records = import_records(bundle_dir, records_file, ResultsStore(results_dir))
+        records = import_records(bundle_dir, records_file, store)
     except BundleError as exc:
         fail(str(exc))
+    except StoreError as exc:
+        fail(str(exc), code=1)
     for rec in records:
         device = rec.provenance.get("device", {})
         what = f"{rec.verdict}, p50 {rec.latency['median']:.4g} ms" if rec.status == "ok" else f"{rec.status}: {rec.reason}"

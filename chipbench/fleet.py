@@ -45,9 +45,15 @@ def fleet_key(cell) -> tuple[str, int, str] | None:
 def tracker_summary(host: str, port: int, timeout_s: float = 60.0) -> dict:
     """The summary of the tracker at host:port, asked from a runtime-only subprocess.
     FleetError with the reason when it cannot be had."""
-    try:
-        proc = subprocess.run([sys.executable, "-m", "chipbench.fleet", host, str(port)], capture_output=True,
-                              text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    import tempfile
+
+    from chipbench.runner import cell_environment
+
+    try:  # started as a cell is: nothing in the user's folder can be imported
+        with tempfile.TemporaryDirectory(prefix="chipbench-fleet-") as tmp:
+            proc = subprocess.run([sys.executable, "-P", "-m", "chipbench.fleet", host, str(port)], capture_output=True,
+                                  text=True, timeout=timeout_s, stdin=subprocess.DEVNULL, cwd=tmp,
+                                  env=cell_environment())
     except subprocess.TimeoutExpired:
         raise FleetError(f"tracker {host}:{port} did not answer within {timeout_s:g} s") from None
     if proc.returncode != 0:

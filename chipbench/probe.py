@@ -285,6 +285,20 @@ def _load(path: Path) -> DeviceProfile | None:
     return DeviceProfile.from_dict(json.loads(path.read_text()))
 
 
+def ceilings_lookup(results_dir: Path) -> Callable[[dict[str, Any] | None], DeviceProfile | None]:
+    """`load_profile_for` over many records: each device's profile file is read once."""
+    seen: dict[tuple, DeviceProfile | None] = {}
+
+    def lookup(device: dict[str, Any] | None) -> DeviceProfile | None:
+        kind = (device or {}).get("kind", "cpu")
+        key = (kind, None if kind == "cpu" else (device or {}).get("name"))
+        if key not in seen:
+            seen[key] = load_profile_for(results_dir, device)
+        return seen[key]
+
+    return lookup
+
+
 def load_profile_for(results_dir: Path, device: dict[str, Any] | None) -> DeviceProfile | None:
     """The ceilings of the device a record ran on (`provenance.device`: kind, name): a GPU's own
     profile (`chipbench probe` on a machine with that GPU) for a CUDA device, this machine's

@@ -71,13 +71,22 @@ class RunRecord:
         return f"{self.device_id} ({name})" if name else self.device_id
 
     def cell_key(self) -> str:
-        """What makes two records measurements of the same cell: workload (with its params, so a
-        foreign model is known by its content hash), backend, device, precision, batch and
-        scenario. The newest record of a cell is its current result; the others are history."""
+        """What makes two records measurements of the same cell: the kind, the cell's whole
+        configuration but how long it was measured (workload and its params, a foreign model by
+        its content hash, backend, precision, batch, scenario, threads, target, tuning
+        database, seed) and the device, on the machine it ran on. The newest record of a cell is
+        its current result; the others are history."""
+        config = {k: v for k, v in (self.provenance.get("config") or {}).items() if k not in _NOT_IN_CELL_KEY}
+        device = self.provenance.get("device") or {}
+        where = (device.get("machine") or self.provenance.get("machine") or {}).get("hostname")
         key = [self.kind, self.workload.get("name"), self.workload.get("params"), self.backend.get("name"),
-               self.device_id, self.precision, self.batch,
-               self.scenario.get("name")]
+               config, self.device_id, where, self.precision, self.batch, self.scenario.get("name")]
         return json.dumps(key, sort_keys=True, default=str)
+
+
+# Config keys left out of the cell key: how long a cell is measured, and the device as the cell
+# named it (None or "cuda:0" alike: the key holds the id of the device it ran on).
+_NOT_IN_CELL_KEY = ("settings", "timeout_s", "task_samples", "device")
 
 
 def config_hash(rec: RunRecord) -> str:

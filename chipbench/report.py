@@ -245,7 +245,7 @@ def gather_extras(records: list[RunRecord], results_dir: Path | None, profiles: 
         return Extras()
     from chipbench import tuning_curves
     from chipbench.opprofile import OpProfile, attach_roofline
-    from chipbench.probe import load_profile, load_profile_for
+    from chipbench.probe import ceilings_lookup, load_profile
     from chipbench.roofline import place, plot
 
     extras = Extras(tuning=tuning_curves.tuning_rows(records))
@@ -254,14 +254,14 @@ def gather_extras(records: list[RunRecord], results_dir: Path | None, profiles: 
     for path in sorted((results_dir / "projections").glob("*.md")):
         extras.projections.append(path.read_text())
     device = load_profile(results_dir)
+    ceilings_of = ceilings_lookup(results_dir)
     for rec in profiles:
         if rec.status == "ok" and rec.profile:
             prof = OpProfile.from_dict(rec.profile)
-            on = rec.provenance.get("device") or {}
-            roof = device if on.get("kind", "cpu") == "cpu" else load_profile_for(results_dir, on)
+            roof = ceilings_of(rec.provenance.get("device"))
             if roof is not None:
                 attach_roofline(prof, roof, rec.precision)
-            extras.profiles.append(prof.to_dict())
+            extras.profiles.append({**prof.to_dict(), "device": rec.device_label})
     if device is not None:
         extras.device = {"peaks": device.peak_gflops, "bandwidth": device.bandwidth_gbps,
                          "theoretical": device.theoretical_gflops, "measured_at": device.measured_at,
@@ -269,12 +269,11 @@ def gather_extras(records: list[RunRecord], results_dir: Path | None, profiles: 
     roofs: dict[str, tuple] = {}  # profile key -> (profile, its points): a GPU's records on its own ceilings
     for r in records:
         if r.status == "ok" and r.work and r.work.get("flops") and r.precision == "fp32":
-            on = r.provenance.get("device") or {}
-            roof = device if on.get("kind", "cpu") == "cpu" else load_profile_for(results_dir, on)
+            roof = ceilings_of(r.provenance.get("device"))
             if roof is None:
                 continue
             label = f"{r.workload['name']} {r.backend['name']}" + ("" if r.batch == 1 else f" b{r.batch}")
-            label += "" if roof is device else f" @ {roof.machine.cpu}"
+            label += "" if device is not None and roof.key == device.key else f" @ {roof.machine.cpu}"
             seconds = r.latency["median"] / 1e3
             point = place(roof, label, r.work["flops"], r.work["bytes"], seconds)
             extras.points.append((r, point))

@@ -72,11 +72,13 @@ def run_isolated(cell: Cell, out_file: Path, env: dict[str, str], context: dict 
 
 def cell_environment() -> dict[str, str]:
     """The environment a cell starts with: this one, with Python's unsafe path off and the
-    PYTHONPATH entries the user set made absolute (the cell runs in a folder of its own)."""
+    paths the user set (PYTHONPATH, the cache, tuning dirs) made absolute: the cell runs in a
+    folder of its own."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSTARTUP", "PYTHONINSPECT")}
     env["PYTHONSAFEPATH"] = "1"
-    if env.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    for name in ("PYTHONPATH", "CHIPBENCH_CACHE", "CHIPBENCH_TUNING_DIRS"):  # paths the user may give relative
+        if env.get(name):
+            env[name] = os.pathsep.join(str(Path(p).resolve()) for p in env[name].split(os.pathsep) if p)
     return env
 
 

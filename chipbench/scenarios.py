@@ -59,16 +59,24 @@ def measure(query: Callable[[], object], settings: MeasureSettings) -> Measureme
         query()
         now = clock()
         append(now - t0)
-        elapsed = now - begin
-        if (elapsed >= settings.min_duration_s and len(samples) >= settings.min_count) \
-                or len(samples) >= settings.max_count:
-            note = None
-            break
-        if elapsed >= settings.max_duration_s and len(samples) >= 3:
-            note = (f"stopped at max_duration_s={settings.max_duration_s:g} with "
-                    f"{len(samples)} < min_count={settings.min_count} samples")
+        done, note = stop(settings, len(samples), now - begin, now - begin)
+        if done:
             break
     return Measurement(samples, now - begin, note)
+
+
+def stop(settings: MeasureSettings, count: int, measured_s: float, wall_s: float) -> tuple[bool, str | None]:
+    """Whether timing stops after `count` queries that took `measured_s` seconds by the clock
+    that times them, `wall_s` seconds of wall time; with the note a record carries when it
+    stopped at max_duration_s before a minimum was met (naming the minimums it missed)."""
+    if (measured_s >= settings.min_duration_s and count >= settings.min_count) or count >= settings.max_count:
+        return True, None
+    if wall_s >= settings.max_duration_s and count >= 3:
+        missed = [f"{count} < min_count={settings.min_count} queries"] if count < settings.min_count else []
+        if measured_s < settings.min_duration_s:
+            missed.append(f"{measured_s:.3g} s < min_duration_s={settings.min_duration_s:g} measured")
+        return True, f"stopped at max_duration_s={settings.max_duration_s:g} with " + " and ".join(missed)
+    return False, None
 
 
 def measure_on_device(timer: Callable[[int], list[float]], settings: MeasureSettings) -> Measurement:
@@ -81,16 +89,11 @@ def measure_on_device(timer: Callable[[int], list[float]], settings: MeasureSett
     samples: list[float] = []
     begin = clock()
     chunk = 1
-    note = None
     while True:
         samples.extend(timer(chunk))
         measured = sum(samples)
-        if (measured >= settings.min_duration_s and len(samples) >= settings.min_count) \
-                or len(samples) >= settings.max_count:
-            break
-        if clock() - begin >= settings.max_duration_s and len(samples) >= 3:
-            note = (f"stopped at max_duration_s={settings.max_duration_s:g} with "
-                    f"{len(samples)} < min_count={settings.min_count} samples")
+        done, note = stop(settings, len(samples), measured, clock() - begin)
+        if done:
             break
         # grow the batch of queries per round trip, never past what the minimums still need
         per_query = measured / len(samples) if measured > 0 else 1e-6

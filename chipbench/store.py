@@ -151,9 +151,13 @@ class ResultsStore:
             if _writer_alive(path):
                 continue
             record = self._read_file(path)
-            if record is not None:
-                self.add(record)
-                added += 1
+            if record is None:  # kept, never deleted: a newer chipbench may read it
+                unreadable = self.incoming_dir / "unreadable"
+                unreadable.mkdir(exist_ok=True)
+                path.rename(unreadable / path.name)
+                continue
+            self.add(record)
+            added += 1
             path.unlink(missing_ok=True)
         if not self.runs_dir.is_dir():
             return added

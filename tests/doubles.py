@@ -140,3 +140,19 @@ class FlakyBackend(NullBackend):
         if os.environ.get("FLAKY_FAIL"):
             raise RuntimeError("transient failure")
         return super().compile(source, spec)
+
+
+@register_backend("native-sleepy-double")
+class NativeSleepyBackend(NullBackend):
+    """Starts a child process, then blocks in native code (libc sleep, no Python bytecode runs):
+    a cell stuck in a long compiler or runtime call when its sweep is killed."""
+
+    description = "blocks in native code with a child running"
+
+    def compile(self, source, spec):
+        import ctypes
+        import subprocess
+
+        subprocess.Popen(["sleep", "600"])
+        ctypes.CDLL(None).sleep(600)
+        return super().compile(source, spec)

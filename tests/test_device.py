@@ -47,3 +47,13 @@ def test_device_clock_measurement_meets_the_minimums_in_growing_rounds():
     assert calls[0] == 3  # warm-up, not kept
     assert len(m.samples_s) >= 100 and sum(m.samples_s) >= 0.2  # 0.2 s of device time
     assert max(calls[1:]) <= 1000 and len(calls) < 20 and m.note is None
+
+
+def test_a_stop_at_max_duration_names_the_minimum_it_missed():
+    from chipbench.scenarios import stop
+
+    settings = MeasureSettings(min_count=100, min_duration_s=5.0, max_duration_s=1.0)
+    assert stop(settings, 200, 0.5, 1.2) == (True, "stopped at max_duration_s=1 with 0.5 s < min_duration_s=5 measured")
+    assert stop(settings, 50, 6.0, 1.2)[1] == "stopped at max_duration_s=1 with 50 < min_count=100 queries"
+    assert stop(settings, 200, 6.0, 0.1) == (True, None)
+    assert stop(settings, 2, 0.0, 9.0) == (False, None)  # fewer than 3 queries never stop early

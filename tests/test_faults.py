@@ -65,17 +65,23 @@ def test_a_signal_stops_the_sweep_kills_the_cell_and_keeps_what_was_measured(tmp
     assert cli.returncode == 128 + sig
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in err
-    assert not psutil.pid_exists(cell.pid) or cell.status() == psutil.STATUS_ZOMBIE
+    assert gone(cell)
     assert [r["backend"]["name"] for r in stored(tmp_path)] == ["null"]
     assert [r.backend["name"] for r in ResultsStore(tmp_path).records()] == ["null"]
 
 
-def test_sigkill_of_the_cli_takes_the_running_cell_with_it(tmp_path):
-    cli, cell = interrupt_during_the_second_cell(tmp_path, signal.SIGKILL)
+def gone(process: psutil.Process) -> bool:
+    return not psutil.pid_exists(process.pid) or process.status() == psutil.STATUS_ZOMBIE
+
+
+def test_sigkill_of_the_cli_takes_the_cell_and_its_children_with_it_even_in_native_code(tmp_path):
+    cli = start_cli("run", "-w", "tiny-mlp", "-b", "null,native-sleepy-double", *FAST, "--results-dir", tmp_path)
+    wait_for(lambda: len(stored(tmp_path)) == 1, what="the first record")
+    cell = wait_for(lambda: running_cell(cli), what="the second cell")
+    child = wait_for(lambda: next((p for p in cell.children() if p.name() == "sleep"), None), what="its child")
+    cli.send_signal(signal.SIGKILL)
     cli.wait(timeout=30)
-    gone = wait_for(lambda: not psutil.pid_exists(cell.pid) or cell.status() == psutil.STATUS_ZOMBIE,
-                    timeout=30, what="the orphaned cell to die")
-    assert gone
+    wait_for(lambda: gone(cell) and gone(child), timeout=30, what="the orphaned cell and its child to die")
     assert [r.backend["name"] for r in ResultsStore(tmp_path).records()] == ["null"]
 
 

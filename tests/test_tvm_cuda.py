@@ -18,13 +18,14 @@ import pytest
 from onnx import TensorProto, helper
 
 from chipbench.backends.base import CompileSpec, compile_capability, get_backend
-from chipbench.backends.tvm_cuda import TvmCuda, find_nvcc, gpu_present
+from chipbench.backends.tvm_cuda import TvmCuda, find_nvcc
+from chipbench.gpu import cuda_present
 from chipbench.cudabin import cubin_arch, device_images, library_archs
 
 CAN_COMPILE, WHY_NOT = TvmCuda().can_compile()
 needs_compiler = pytest.mark.skipif(not CAN_COMPILE, reason=f"cannot cross-compile for CUDA here: {WHY_NOT}")
 needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not found")
-no_gpu_here = pytest.mark.skipif(gpu_present(), reason="this host has a GPU")
+no_gpu_here = pytest.mark.skipif(cuda_present(), reason="this host has a GPU")
 SM90 = '{"kind": "cuda", "arch": "sm_90"}'
 
 
