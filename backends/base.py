@@ -108,6 +108,7 @@ class Compiled:
     close: Callable[[], None] | None = None
     device: dict[str, Any] = field(default_factory=dict)
     timer: Callable[[Arrays, int], list[float]] | None = None
+    timer_untimed_calls: int = 0  # device calls each timer round makes outside its samples (time_evaluator: 1)
     profile: Callable[[Arrays, int], Any] | None = None
     export: Callable[[Path], dict[str, Any]] | None = None
 

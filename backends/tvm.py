@@ -9,6 +9,7 @@ MetaSchedule database: the default CPU pipeline's schedules only, so results say
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import tempfile
 import time
@@ -20,6 +21,7 @@ import numpy as np
 from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
                                      converts, register, require_precision)
 from chipbench.backends.tvm_export import export_relax
+from chipbench.backends.tvm_runtime import InputBuffers, to_numpy
 from chipbench.machine import usable_cores
 
 
@@ -154,6 +156,11 @@ def load(exe: Any, weights: list, device: Any) -> tuple[Any, Any, list]:
     return vm, vm["main"], params
 
 
+def weight_bytes(weights: list) -> int:
+    """Bytes the weights take (TVM tensors or numpy arrays), from their shapes and dtypes."""
+    return sum(math.prod(int(d) for d in w.shape) * np.dtype(str(w.dtype)).itemsize for w in weights)
+
+
 def library_bytes(exe: Any) -> int:
     """Size of the compiled library as it would ship (exported shared object)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,29 +216,19 @@ class TvmLlvm:
         if quantize:
             pipeline += ", ORT QDQ int8 model (Q/DQ lowered literally: fp32 compute)"
         if remote is not None:
-            lib_bytes = library_bytes(exe)
-            param_bytes = sum(int(np.prod(w.shape)) * w.dtype.itemsize for w in (p.numpy() for p in weights))
             return remote.compiled(exe, weights, source.input_names, source.output_names,
-                                   compile_s=time.perf_counter() - start, artifact_bytes=lib_bytes + param_bytes,
-                                   target=str(target), pipeline=pipeline, tuning_db=None,
-                                   details={"library_bytes": lib_bytes, "param_bytes": param_bytes})
+                                   compile_s=time.perf_counter() - start, target=str(target), pipeline=pipeline,
+                                   tuning_db=None)
         device = tvm.cpu()
         _vm, main, params = load(exe, weights, device)
         compile_s = time.perf_counter() - start  # weight prepacking included, as in a session's start
         names = source.input_names
         out_names = source.output_names
 
-        buffers: dict[str, Any] = {}  # input tensors allocated once, as a deployment keeps them
+        upload = InputBuffers(names, device)
 
         def run(inputs: Arrays) -> Arrays:
-            for n in names:
-                x = np.asarray(inputs[n], order="C")  # keeps 0-d arrays 0-d (ascontiguousarray makes them 1-d)
-                buf = buffers.get(n)
-                if buf is None or tuple(buf.shape) != x.shape or buf.dtype != str(x.dtype):
-                    buf = buffers[n] = tvm.runtime.empty(x.shape, str(x.dtype), device)
-                buf.copyfrom(x)
-            outs = main(*(buffers[n] for n in names), *params)
-            return dict(zip(out_names, _to_numpy(outs)))
+            return dict(zip(out_names, to_numpy(main(*upload(inputs), *params))))
 
         def profile(inputs: Arrays, runs: int):
             from chipbench.backends.tvm_profile import profile_build
@@ -241,7 +238,7 @@ class TvmLlvm:
                                  weight_prepack=bool(spec.options.get("weight_prepack")))
 
         lib_bytes = library_bytes(exe)
-        param_bytes = sum(int(np.prod(w.shape)) * w.dtype.itemsize for w in (p.numpy() for p in weights))
+        param_bytes = weight_bytes(weights)
         return Compiled(
             run=run,
             profile=profile,
@@ -253,12 +250,3 @@ class TvmLlvm:
             details={"library_bytes": lib_bytes, "param_bytes": param_bytes, "threads": threads},
             export=lambda folder: export_relax(exe, weights, folder, device_kind="cpu"),
         )
-
-
-def _to_numpy(outs: Any) -> list[np.ndarray]:
-    if hasattr(outs, "numpy"):
-        return [outs.numpy()]
-    flat: list[np.ndarray] = []
-    for o in outs:  # tuples of outputs come back as a runtime Array
-        flat.extend(_to_numpy(o))
-    return flat

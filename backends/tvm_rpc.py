@@ -21,9 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from chipbench.backends.base import Arrays, Compiled, Unsupported
+from chipbench.backends.tvm_runtime import InputBuffers, to_numpy
 from chipbench.device import Device
 
 WAIT_ENV = "CHIPBENCH_RPC_WAIT_S"
@@ -171,15 +170,19 @@ class RemoteSession:
                  output_names: tuple[str, ...], **fields: Any) -> Compiled:
         """Upload `exe` and `weights`, load them in a Relax VM on the server's CPU and return a
         Compiled whose `run` fetches outputs and whose `timer` is the server's time_evaluator.
-        `fields` go to Compiled (compile_s, target, pipeline, artifact_bytes, details)."""
+        `fields` go to Compiled (compile_s, target, pipeline, details); the artifact's bytes are
+        the uploaded library's and the weights'."""
         import tvm
         from tvm.runtime.vm import VirtualMachine
+
+        from chipbench.backends.tvm import weight_bytes
 
         sess = self.session
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="chipbench-rpc-") as tmp:
             lib_path = Path(tmp) / "model.so"
             exe.export_library(str(lib_path))
+            lib_bytes = lib_path.stat().st_size
             with self.guard("receiving the library"):
                 sess.upload(str(lib_path), "model.so")
         upload_s = time.perf_counter() - start
@@ -194,22 +197,16 @@ class RemoteSession:
                 vm.invoke_stateful("main_transform_params")
                 params = list(vm.get_outputs("main_transform_params"))
         load_s = time.perf_counter() - start
-        buffers: dict[str, Any] = {}
+        buffers = InputBuffers(input_names, dev)
 
         def upload(inputs: Arrays) -> None:
-            for n in input_names:
-                x = np.asarray(inputs[n], order="C")  # keeps 0-d arrays 0-d
-                buf = buffers.get(n)
-                if buf is None or tuple(buf.shape) != x.shape or buf.dtype != str(x.dtype):
-                    buf = buffers[n] = tvm.runtime.empty(x.shape, str(x.dtype), dev)
-                buf.copyfrom(x)
-            vm.set_input("main", *(buffers[n] for n in input_names), *params)
+            vm.set_input("main", *buffers(inputs), *params)
 
         def run(inputs: Arrays) -> Arrays:
             with self.guard("running the model"):
                 upload(inputs)
                 vm.invoke_stateful("main")
-                return dict(zip(output_names, _to_numpy(vm.get_outputs("main"))))
+                return dict(zip(output_names, to_numpy(vm.get_outputs("main"))))
 
         def timer(inputs: Arrays, n: int) -> list[float]:
             with self.guard("timing the model"):
@@ -218,13 +215,16 @@ class RemoteSession:
                 return [float(t) for t in result.results]
 
         def close() -> None:
-            buffers.clear()
+            buffers.tensors.clear()
             params.clear()
-            self.session = None  # dropping the last reference ends the session; the server frees up
+            self.session = None  # the session ends when this Compiled (whose run and timer hold it) goes
 
+        param_bytes = weight_bytes(weights)
         details = {**fields.pop("details", {}), "rpc_wait_s": self.wait_s, "export_upload_s": upload_s,
-                   "remote_load_s": load_s}
-        return Compiled(run=run, timer=timer, close=close, device=self.describe(), details=details, **fields)
+                   "remote_load_s": load_s, "library_bytes": lib_bytes, "param_bytes": param_bytes}
+        fields["artifact_bytes"] = lib_bytes + param_bytes
+        return Compiled(run=run, timer=timer, timer_untimed_calls=1, close=close, device=self.describe(), details=details,
+                        **fields)  # time_evaluator runs `main` once before it times
 
 
 def _implements(vm: Any, name: str) -> bool:
@@ -234,12 +234,3 @@ def _implements(vm: Any, name: str) -> bool:
     except Exception:
         return False
     return True
-
-
-def _to_numpy(outs: Any) -> list[np.ndarray]:
-    if hasattr(outs, "numpy"):
-        return [outs.numpy()]
-    flat: list[np.ndarray] = []
-    for o in outs:
-        flat.extend(_to_numpy(o))
-    return flat

@@ -106,20 +106,11 @@ def load(folder: Path, entries: dict[str, Any], input_names: list[str], output_n
     if vm.module.implements_function("main_transform_params"):
         params = list(vm["main_transform_params"](params))
     main = vm["main"]
-    buffers: dict[str, Any] = {}  # input tensors allocated once, as backends/tvm.py keeps them
-
-    def upload(inputs: Arrays) -> list[Any]:
-        for n in input_names:
-            x = np.asarray(inputs[n], order="C")  # keeps 0-d arrays 0-d
-            buf = buffers.get(n)
-            if buf is None or tuple(buf.shape) != x.shape or buf.dtype != str(x.dtype):
-                buf = buffers[n] = tvm.runtime.empty(x.shape, str(x.dtype), dev)
-            buf.copyfrom(x)
-        return [buffers[n] for n in input_names]
+    upload = InputBuffers(input_names, dev)
 
     def run(inputs: Arrays) -> Arrays:
         outs = main(*upload(inputs), *params)
-        return dict(zip(output_names, _to_numpy(outs)))
+        return dict(zip(output_names, to_numpy(outs)))
 
     def timer(inputs: Arrays, n: int) -> list[float]:
         vm.set_input("main", *upload(inputs), *params)
@@ -131,10 +122,33 @@ def load(folder: Path, entries: dict[str, Any], input_names: list[str], output_n
                   device=_describe(dev, kind), versions=versions())
 
 
-def _to_numpy(outs: Any) -> list[np.ndarray]:
+class InputBuffers:
+    """Device tensors for a model's inputs, allocated once and refilled per query, as a
+    deployment keeps them (`backends.tvm`, `tvm_cuda`, `tvm_rpc` and bundles alike).
+    Calling it copies `inputs` (name -> array, any rank, 0-d included) in and returns the
+    tensors in `names` order; a tensor is reallocated only when a shape or dtype changes."""
+
+    def __init__(self, names: tuple[str, ...] | list[str], device: Any) -> None:
+        self.names, self.device = tuple(names), device
+        self.tensors: dict[str, Any] = {}
+
+    def __call__(self, inputs: Arrays) -> list[Any]:
+        import tvm
+
+        for n in self.names:
+            x = np.asarray(inputs[n], order="C")  # (ascontiguousarray would make a 0-d array 1-d)
+            buf = self.tensors.get(n)
+            if buf is None or tuple(buf.shape) != x.shape or buf.dtype != str(x.dtype):
+                buf = self.tensors[n] = tvm.runtime.empty(x.shape, str(x.dtype), self.device)
+            buf.copyfrom(x)
+        return [self.tensors[n] for n in self.names]
+
+
+def to_numpy(outs: Any) -> list[np.ndarray]:
+    """A Relax VM's result (a tensor, or a tuple of them, nested) as host arrays in order."""
     if hasattr(outs, "numpy"):
         return [outs.numpy()]
     flat: list[np.ndarray] = []
     for o in outs:  # tuples of outputs come back as a runtime Array
-        flat.extend(_to_numpy(o))
+        flat.extend(to_numpy(o))
     return flat

@@ -280,7 +280,7 @@ def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_inf
     meter = meter_for(ran["provenance"].get("device"))  # NVML energy on a CUDA device; measures nothing elsewhere
     with meter:
         if compiled.timer is not None:  # the device's own clock: transfers and network stay outside
-            timer = meter.timer(lambda n: compiled.timer(inputs, n))
+            timer = meter.timer(lambda n: compiled.timer(inputs, n), compiled.timer_untimed_calls)
             m = measure_on_device(timer, cell.settings)
         else:
             m = measure(meter.query(lambda: run(inputs)), cell.settings)

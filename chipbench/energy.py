@@ -153,13 +153,15 @@ class Meter:
         self._sampler: EnergySampler | None = None
         self._session = None
 
-    def timer(self, fn: Callable[[int], list[float]]) -> Callable[[int], list[float]]:
-        """Wraps a device timer (`fn(n)` runs n queries): every query it runs is counted."""
+    def timer(self, fn: Callable[[int], list[float]], untimed_calls: int = 0) -> Callable[[int], list[float]]:
+        """Wraps a device timer (`fn(n)` runs n timed queries and `untimed_calls` more it does
+        not time, e.g. time_evaluator's warm-up call): every query it runs is counted, since
+        the device spends energy on all of them."""
         if self._open is None:  # nothing to measure: the callable stays as it was
             return fn
         def counted(n: int) -> list[float]:
             out = fn(n)
-            self.queries += len(out)
+            self.queries += len(out) + untimed_calls
             return out
         return counted
 

@@ -163,13 +163,14 @@ def _latency(mod: Any, weights: list, target: Any, database_dir: Path | None, in
     import numpy as np
     import tvm
 
-    from chipbench.backends.tvm import _to_numpy, build, load
+    from chipbench.backends.tvm import build, load
+    from chipbench.backends.tvm_runtime import to_numpy
 
     exe, _ = build(mod, target, database_dir, weight_prepack)
     dev = tvm.cpu()
     _vm, main, params = load(exe, weights, dev)
     args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]  # saved in graph input order
-    outputs = _to_numpy(main(*args, *params))
+    outputs = to_numpy(main(*args, *params))
     samples = _time(lambda: main(*args, *params), min_s)
     return float(np.median(samples)) * 1000.0, outputs, float(np.min(samples)) * 1000.0
 
