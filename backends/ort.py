@@ -99,7 +99,9 @@ def export_model(model_path: Path, folder: Path, threads: int | None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "model.onnx"
     files = ["model.onnx"]
-    if any(uses_external_data(t) for t in _tensors(onnx.load(str(model_path), load_external_data=False).graph)):
+    from chipbench.modelfile import all_tensors
+
+    if any(uses_external_data(t) for t in all_tensors(onnx.load(str(model_path), load_external_data=False))):
         model = onnx.load(str(model_path))  # reads the data from beside the model (checked by byo.py)
         onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="model.onnx.data")
@@ -108,17 +110,3 @@ def export_model(model_path: Path, folder: Path, threads: int | None) -> dict:
         shutil.copyfile(model_path, target)
     return {"module": "chipbench.backends.ort_runtime", "device": "cpu", "model": "model.onnx", "files": files,
             "threads": threads, "optimization": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"]}
-
-
-def _tensors(graph):
-    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _tensors(attr.g)
-            for g in attr.graphs:
-                yield from _tensors(g)

@@ -41,7 +41,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-
 from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, converts, register,
                                      require_precision)
 from chipbench.gpu import cuda_present

@@ -44,7 +44,6 @@ def profile_build(backend: str, mod: Any, exe: Any, weights: list, target: Any, 
     from chipbench.backends.tvm import load
 
     tir_flops = _tir_flops(mod, target, tuned=tuned, weight_prepack=weight_prepack)
-    name = backend
     dev = tvm.cpu()
     vm, main, params = load(exe, weights, dev)
     args = [tvm.runtime.tensor(np.asarray(inputs[n], order="C"), dev) for n in input_names]
@@ -92,7 +91,7 @@ def profile_build(backend: str, mod: Any, exe: Any, weights: list, target: Any, 
         if flops is None:
             missing.append(symbol)
         ops.append(OpTime(
-            backend=name, name=symbol, op_type="+".join(tvm_op_types(symbol)),
+            backend=backend, name=symbol, op_type="+".join(tvm_op_types(symbol)),
             time_ms=median(times), calls=ncalls[symbol],
             flops=None if flops is None else flops * ncalls[symbol], bytes=nbytes[symbol],
             flops_source=None if flops is None else "tir",
@@ -108,7 +107,7 @@ def profile_build(backend: str, mod: Any, exe: Any, weights: list, target: Any, 
              "call: allocation, shape checks, reshapes) and cache effects"]
     if missing:
         notes.append(f"no TIR FLOP count for {len(missing)} functions: {', '.join(missing[:8])}")
-    return OpProfile(workload="", backend=name, batch=0, runs=runs, threads=threads, e2e_ms=e2e_ms,
+    return OpProfile(workload="", backend=backend, batch=0, runs=runs, threads=threads, e2e_ms=e2e_ms,
                      ops=ops, method=method, notes=notes)
 
 

@@ -35,21 +35,30 @@ def versions() -> dict[str, str]:
             "tvm_libraries": ",".join(Path(p).name for p in native_libraries("libtvm"))}
 
 
-def _load_cuda_runtime() -> None:
-    """Register TVM's CUDA device API (libtvm_runtime_cuda.so) in a runtime-only process."""
+def load_cuda_module() -> None:
+    """Register TVM's CUDA device API (`libtvm_runtime_cuda.so`, from beside `libtvm_runtime.so`)
+    in this process, where TVM's import did not: a runtime-only process (TVM skips its device
+    backends' hooks), or a full TVM imported before a CUDA driver (or the stub,
+    `chipbench.cuda_stub`) could load. A `libcudart.so.*` found there first (a runtime kit may
+    carry one) is loaded before it. RuntimeError when the module is missing or registers nothing."""
     import tvm
     from tvm.base import _LOADED_LIBS
 
-    if not getattr(tvm, "_RUNTIME_ONLY", False) or "tvm_runtime_cuda" in _LOADED_LIBS:
+    if tvm.get_global_func("ffi.Module.create.cuda", allow_missing=True) is not None:
         return
     lib_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-    for cudart in sorted(lib_dir.glob("libcudart.so*")):  # a kit may carry the CUDA runtime
+    for cudart in sorted(lib_dir.glob("libcudart.so*")):
         ctypes.CDLL(str(cudart), mode=ctypes.RTLD_GLOBAL)
         break
     path = lib_dir / "libtvm_runtime_cuda.so"
     if not path.is_file():
         raise RuntimeError(f"{path} is missing: this TVM runtime cannot run CUDA libraries")
-    _LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
+    try:
+        _LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
+    except OSError as exc:
+        raise RuntimeError(f"TVM's CUDA runtime module does not load: {str(exc).splitlines()[0][:300]}") from None
+    if tvm.get_global_func("ffi.Module.create.cuda", allow_missing=True) is None:
+        raise RuntimeError("TVM's CUDA runtime module loaded but registered no CUDA module")
 
 
 def _device(kind: str, index: int) -> Any:
@@ -58,7 +67,7 @@ def _device(kind: str, index: int) -> Any:
     if kind == "cpu":
         return tvm.cpu(0)
     if kind == "cuda":
-        _load_cuda_runtime()
+        load_cuda_module()
         dev = tvm.cuda(index)
         if not dev.exist:
             raise RuntimeError(f"no CUDA device {index} on this machine")

@@ -27,7 +27,7 @@ import numpy as np
 
 from chipbench.backends.base import Arrays, ModelSource
 from chipbench.errors import first_line, one_line
-from chipbench.modelfile import ModelError, NUMPY_DTYPES, load_model_safely, tensor_dtype
+from chipbench.modelfile import ModelError, NUMPY_DTYPES, graph_inputs, load_model_safely, tensor_dtype
 from chipbench.paths import atomic_write_bytes, cache_dir
 from chipbench.prepare import sha256_file
 
@@ -100,12 +100,6 @@ def _declared(value: Any) -> tuple[Any, ...] | None:
     if not ttype.HasField("shape"):
         return None
     return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in ttype.shape.dim)
-
-
-def graph_inputs(model: Any) -> list:
-    """Real inputs: graph inputs that are not also initializers (old exporters list weights too)."""
-    weights = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in weights]
 
 
 def _hint(name: str, dims: tuple[Any, ...], batch: int) -> str:

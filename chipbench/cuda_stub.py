@@ -135,26 +135,10 @@ def ensure_cuda_runtime() -> str:
         else:
             ctypes.CDLL(str(stub_library()), mode=os.RTLD_GLOBAL)
             _state["driver"] = "stub"
-    _load_tvm_cuda_runtime()
+    from chipbench.backends.tvm_runtime import load_cuda_module
+
+    load_cuda_module()
     return _state["driver"]
-
-
-def _load_tvm_cuda_runtime() -> None:
-    import tvm
-    from tvm.base import _LOADED_LIBS
-
-    if tvm.get_global_func("ffi.Module.create.cuda", allow_missing=True) is not None:
-        return
-    from tvm_ffi.libinfo import load_lib_ctypes
-
-    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-    try:
-        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
-            package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL")
-    except (OSError, FileNotFoundError, RuntimeError) as exc:
-        raise RuntimeError(f"TVM's CUDA runtime module does not load: {str(exc).splitlines()[0][:300]}") from None
-    if tvm.get_global_func("ffi.Module.create.cuda", allow_missing=True) is None:
-        raise RuntimeError("TVM's CUDA runtime module loaded but registered no CUDA module")
 
 
 def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:

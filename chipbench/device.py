@@ -45,10 +45,6 @@ class Device:
             return cls("rpc", host=match.group(1), port=port, key=match.group(3))
         raise DeviceError(f"--device '{text}': expected cpu, cuda[:N] or rpc://HOST:PORT/KEY")
 
-    @property
-    def is_local(self) -> bool:
-        return self.kind != "rpc"
-
     def __str__(self) -> str:
         if self.kind == "cuda":
             return f"cuda:{self.index}"

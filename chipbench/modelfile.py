@@ -62,7 +62,7 @@ def load_model_safely(path: Path) -> Any:
         # the checker's message spans lines; its cause ends where the context dump begins
         cause = " ".join(str(exc).split("==> Context")[0].split())[:300] or type(exc).__name__
         raise ModelError(f"{path}: invalid ONNX model ({cause})") from None
-    for role, values in (("input", _real_inputs(model)), ("output", model.graph.output)):
+    for role, values in (("input", graph_inputs(model)), ("output", model.graph.output)):
         for value in values:
             tensor_dtype(path, value, role)
     return model
@@ -165,7 +165,8 @@ def _check_opsets(path: Path, model: Any) -> None:
                          f"{onnx.__version__} knows (newest: {newest})")
 
 
-def _real_inputs(model: Any) -> list:
+def graph_inputs(model: Any) -> list:
+    """Real inputs: graph inputs that are not also initializers (old exporters list weights too)."""
     weights = {t.name for t in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in weights]
 
