@@ -115,17 +115,21 @@ class Compiled:
 
 @runtime_checkable
 class Backend(Protocol):
-    """A runtime family. Optional capability (absent on most backends; see `compile_capability`):
+    """A runtime family. Optional capabilities (absent on most backends):
+    - `runs_onnx = False`: it runs the torch model, so it has no ONNX operators to cover.
     - `can_compile() -> (bool, reason)`: cheap (no heavy imports), can this host compile for the
       backend's device even where it cannot run (cross-compilation: `tvm-cuda` builds GPU code on
-      a host without a GPU, for a bundle to run elsewhere). Default: `available()`.
+      a host without a GPU, for a bundle to run elsewhere). Default: `available()`; see
+      `compile_capability`.
+    - `compile_for_bundle(source, spec) -> Compiled`: a cross-compilation whose `export` works
+      and whose `run` need not (the device is elsewhere). Default: `compile`; see
+      `bundle_compiler`.
     """
 
     name: str
     description: str
     precisions: tuple[str, ...]
     devices: tuple[str, ...]  # device kinds it runs on (chipbench.device.KINDS); the first is its default
-    # Optional: `runs_onnx = False` for backends that run the torch model (no ONNX operator coverage).
 
     def available(self) -> tuple[bool, str]:
         """Cheap check (no heavy imports): can this backend run here, and if not, why not."""
@@ -141,6 +145,12 @@ def compile_capability(backend: Backend) -> tuple[bool, str]:
     has one, else its `available()`."""
     can_compile = getattr(backend, "can_compile", None)
     return can_compile() if callable(can_compile) else backend.available()
+
+
+def bundle_compiler(backend: Backend) -> Callable[[ModelSource, CompileSpec], Compiled]:
+    """What builds a bundle with `backend`: its `compile_for_bundle` when it has one (a device
+    elsewhere), else its `compile` (which builds, and so checks, on this machine)."""
+    return getattr(backend, "compile_for_bundle", None) or backend.compile
 
 
 _REGISTRY: dict[str, Callable[[], Backend]] = {}

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
                                      converts, register, require_precision)
+from chipbench.backends.ort_runtime import session_options
+from chipbench.errors import one_line
 from chipbench.machine import usable_cores
 
 
@@ -36,16 +38,13 @@ class OrtCpu:
         model_path = _model_for(source, spec)
         convert_s = time.perf_counter() - start
         threads = spec.threads or usable_cores()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts = session_options(threads)
         start = time.perf_counter()
         try:
             session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             if "NOT_IMPLEMENTED" in str(exc):  # no CPU kernel for an op at this precision
-                raise Unsupported(f"ort-cpu {spec.precision}: {str(exc).splitlines()[0][:300]}") from None
+                raise Unsupported(f"ort-cpu {spec.precision}: {one_line(exc)}") from None
             raise
         compile_s = time.perf_counter() - start + convert_s
         names = [o.name for o in session.get_outputs()]

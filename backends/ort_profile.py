@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from chipbench.backends.ort_runtime import session_options
 from chipbench.machine import usable_cores
 from chipbench.opprofile import OpProfile, OpProfileError, OpTime, finish, median
 
@@ -34,10 +35,7 @@ def profile_ort(onnx_path: Path, inputs: dict, runs: int = 10, warmup: int = 3,
 
     threads = threads or usable_cores()
     with tempfile.TemporaryDirectory(prefix="chipbench-ortprof-") as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts = session_options(threads)  # as the backend runs it
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "ort")
         opts.log_severity_level = 3  # saving an NCHWc-optimized graph warns; it is only read here

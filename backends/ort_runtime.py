@@ -22,6 +22,19 @@ def versions() -> dict[str, str]:
     return {"onnxruntime": onnxruntime.__version__}
 
 
+def session_options(threads: int, optimization: str = "ORT_ENABLE_ALL") -> Any:
+    """The SessionOptions every ONNX Runtime session here uses (the backend's, its profiler's and
+    a bundle's): `threads` intra-op threads, one inter-op thread (a model runs its nodes in
+    order), and the graph optimisation level by name."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, optimization)
+    return opts
+
+
 def load(folder: Path, entries: dict[str, Any], input_names: list[str], output_names: list[str],
          device_index: int = 0) -> Loaded:
     """An InferenceSession on the bundle's model with its recorded options. `threads` 0 or
@@ -31,10 +44,7 @@ def load(folder: Path, entries: dict[str, Any], input_names: list[str], output_n
     from chipbench.machine import usable_cores
 
     start = time.perf_counter()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(entries.get("threads") or usable_cores())
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, entries.get("optimization", "ORT_ENABLE_ALL"))
+    opts = session_options(int(entries.get("threads") or usable_cores()), entries.get("optimization", "ORT_ENABLE_ALL"))
     providers = list(entries.get("providers") or ["CPUExecutionProvider"])
     session = ort.InferenceSession(str(Path(folder) / entries["model"]), opts, providers=providers)
     load_s = time.perf_counter() - start

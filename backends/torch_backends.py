@@ -22,6 +22,7 @@ import warnings
 from typing import Any
 
 from chipbench.backends.base import Arrays, Compiled, CompileSpec, ModelSource, Unsupported, register, require_precision
+from chipbench.errors import first_line
 
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -141,7 +142,7 @@ def cuda_settings(torch) -> dict[str, Any]:
                 warnings.simplefilter("ignore")
                 return getter()
         except (RuntimeError, AttributeError) as exc:
-            return f"unreadable: {str(exc).splitlines()[0][:120]}"
+            return f"unreadable: {first_line(exc, 120)}"
 
     return {
         "tf32": {

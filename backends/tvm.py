@@ -68,7 +68,9 @@ def import_onnx(onnx_path: Path) -> tuple[Any, list[Any]]:
 
 def failing_node(exc: BaseException) -> Any:
     """The ONNX node an importer was converting when it raised: the innermost frame of the
-    traceback holding a NodeProto in a local named `node` (the importer's loop variable)."""
+    traceback holding a NodeProto in a local named `node` (the loop variable of TVM 0.27's
+    `GraphProto._construct_nodes`). It reads the importer's internals, so it may find nothing
+    in another TVM release: then None, and the caller reports the error without a node."""
     from onnx import NodeProto
 
     found, tb = None, exc.__traceback__

@@ -370,6 +370,10 @@ class TvmCuda:
         return {"tvm": tvm.__version__, "nvcc": nvcc_version()}
 
     def compile(self, source: ModelSource, spec: CompileSpec) -> Compiled:
+        """Build for the local GPU `spec.device` (or `spec.target`), load the weights onto it.
+        `run` copies inputs in and outputs back to the host; `timer` times `main` alone on the
+        device (CUDA events through time_evaluator), inputs uploaded once before and outputs
+        left on the device; compile time counts the weight upload. Unsupported without a GPU."""
         import tvm
 
         from chipbench.backends.tvm import load

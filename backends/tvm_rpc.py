@@ -24,10 +24,11 @@ from typing import Any
 from chipbench.backends.base import Arrays, Compiled, Unsupported
 from chipbench.backends.tvm_runtime import InputBuffers, to_numpy
 from chipbench.device import Device
+from chipbench.errors import first_line
+from chipbench.rpc_server import DEVICE_INFO  # registered by `chipbench rpc serve`
 
 WAIT_ENV = "CHIPBENCH_RPC_WAIT_S"
 DEFAULT_WAIT_S = 120.0
-DEVICE_INFO = "chipbench.device_info"  # registered by `chipbench rpc serve` (chipbench.rpc_server)
 
 
 class RpcError(RuntimeError):
@@ -114,7 +115,7 @@ class RemoteSession:
             state = "tracker state unknown"
         if isinstance(exc, TimeoutError) or "timed out" in str(exc):
             return f"no server under key '{d.key}' at tracker {d.host}:{d.port} became free within {wait:g} s ({state})"
-        return f"tracker {d.host}:{d.port} gave no session for key '{d.key}': {str(exc).splitlines()[0][:200]} ({state})"
+        return f"tracker {d.host}:{d.port} gave no session for key '{d.key}': {first_line(exc, 200)} ({state})"
 
     def _remote_info(self) -> dict[str, Any]:
         """What the server reports through chipbench.device_info ({} from a plain TVM server)."""
@@ -134,7 +135,7 @@ class RemoteSession:
         except (RpcError, Unsupported):
             raise
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            first = first_line(exc, 200)
             raise RpcError(f"RPC server {self.server} under key '{self.device.key}' failed while {doing} "
                            f"(server gone?): {type(exc).__name__}: {first}") from None
 

@@ -26,6 +26,7 @@ from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
 from chipbench.prepare import Prepared, prepare_workload, sha256_file
 from chipbench.record import RunRecord
+from chipbench.recording import finite
 from chipbench.scenarios import batch_for, measure, measure_on_device
 from chipbench.stats import LatencyStats
 from chipbench.suite import Cell
@@ -260,7 +261,7 @@ def _profile(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_inf
     prof.workload, prof.batch = cell.workload, prep.batch
     accuracy = {"fidelity": fid.to_dict(), "tolerance": dict(vars(prep.tolerance)), "failures": failures, "task": None}
     return base_record(cell, "ok", "; ".join(failures) or None, **ran, compile=compile_info,
-                       accuracy=_finite(accuracy), verdict="INVALID" if failures else "VALID",
+                       accuracy=finite(accuracy), verdict="INVALID" if failures else "VALID",
                        profile=prof.to_dict(), notes=prep.notes, work=prep.work)
 
 
@@ -290,22 +291,11 @@ def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_inf
     throughput = {"value": prep.batch * len(m.samples_s) / float(np.sum(m.samples_s)), "unit": "samples/s"}
     return base_record(
         cell, "ok", "; ".join(failures) or None, **ran, compile=compile_info,
-        latency=stats.to_dict(), throughput=throughput, accuracy=_finite(accuracy),
+        latency=stats.to_dict(), throughput=throughput, accuracy=finite(accuracy),
         verdict="INVALID" if failures else "VALID",
         notes=prep.notes + [n for n in (m.note, meter.note) if n],
         coverage=ops_coverage, work=prep.work, energy=energy,
     )
-
-
-def _finite(accuracy: dict) -> dict:
-    """JSON has no inf/nan: an unbounded tolerance or a diverged output is written as null."""
-    def fix(v):
-        if isinstance(v, float) and not np.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: fix(x) for k, x in v.items()}
-        return v
-    return fix(accuracy)
 
 
 def die_with_parent() -> None:

@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(json.dumps(ask(host, int(port))))
     except (RpcError, OSError, RuntimeError) as exc:
-        print(f"tracker {host}:{port}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        from chipbench.errors import first_line
+
+        print(f"tracker {host}:{port}: {first_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

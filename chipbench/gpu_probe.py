@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from chipbench.errors import one_line
 from chipbench.probe import DeviceProfile, Machine, load_profile_for, save_profile
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
@@ -201,8 +202,7 @@ def measure_gpu_ceilings(index: int = 0, quick: bool = False) -> DeviceProfile:
         try:
             peaks[precision], sources[precision] = measure_matmul(torch, precision, n, device, inner, repeats)
         except Exception as exc:  # unsupported dtype or kernel on this GPU / build
-            lines = str(exc).strip().splitlines()
-            skipped[precision] = f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
+            skipped[precision] = one_line(exc, 200)
         torch.cuda.empty_cache()
     free, _total = torch.cuda.mem_get_info(device)
     nbytes = min((256 if quick else 1024) << 20, free // 4)

@@ -41,8 +41,10 @@ def cpuinfo() -> dict[str, str]:
 
 @functools.cache
 def machine_info() -> dict:
-    import psutil
-
+    """This machine as a record names it: hostname, CPU model, arch, usable and physical cores,
+    the ISA features that decide which kernels a compiler can emit, memory (GiB), OS, Python
+    and GPUs. Works without psutil (a bare device with only a runtime): physical cores are then
+    unknown (None) and the memory comes from the OS."""
     cpu = cpuinfo()
     flags = set((cpu.get("flags") or cpu.get("Features") or "").split())
     return {
@@ -50,13 +52,38 @@ def machine_info() -> dict:
         "cpu_model": cpu.get("model name") or platform.processor() or platform.machine(),
         "arch": platform.machine(),
         "cores": usable_cores(),
-        "physical_cores": psutil.cpu_count(logical=False),
+        "physical_cores": _physical_cores(),
         "isa": [f for f in _ISA_FLAGS if f in flags],
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "memory_gib": round(_memory_bytes() / 2**30, 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "gpus": _gpus(),
     }
+
+
+def _physical_cores() -> int | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.cpu_count(logical=False)
+
+
+def _memory_bytes() -> int:
+    """Total memory: psutil's, else /proc/meminfo's MemTotal, else the page count (sysconf)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _gpus() -> list[str]:

@@ -145,6 +145,7 @@ def category(op_types: Iterable[str]) -> str:
 
 
 def median(xs: Sequence[float]) -> float:
+    """The median of `xs` (0.0 for no values): backends take it over a profile's runs."""
     return float(statistics.median(xs)) if xs else 0.0
 
 

@@ -47,7 +47,7 @@ class RunRecord:
         if not self.id:
             # Unique per run: the store is append-only, so a rerun of the same configuration
             # adds a record beside the earlier one instead of replacing it.
-            self.id = hashlib.sha256(f"{self.config_hash} {self.created} {uuid.uuid4()}".encode()).hexdigest()[:16]
+            self.id = uuid.uuid4().hex[:16]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,11 +5,8 @@ numpy and a backend's runtime. `chipbench.cell` builds the same fields for in-pr
 
 from __future__ import annotations
 
-import os
-import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,8 +48,8 @@ def measured_fields(samples_s: list[float], batch: int, outputs: Mapping[str, np
                     seed: int = 0) -> dict[str, Any]:
     """latency (ms statistics of `samples_s`, seconds per query), throughput (batch × queries /
     summed query seconds, samples/s), accuracy (fidelity of `outputs` to `reference` against
-    `gate`) and the verdict (INVALID when any gate fails), as RunRecord keyword arguments.
-    ValueError when there are no samples or an output is missing or misshapen."""
+    `gate`: an output missing or misshapen fails it) and the verdict (INVALID when any gate
+    fails), as RunRecord keyword arguments. ValueError when there are no samples."""
     fid = fidelity(outputs, reference)
     failures = check(fid, gate)
     stats = LatencyStats.from_samples(samples_s, seed=seed)
@@ -67,38 +64,7 @@ def measured_fields(samples_s: list[float], batch: int, outputs: Mapping[str, np
 
 
 def this_machine() -> dict[str, Any]:
-    """`chipbench.machine.machine_info()` where psutil is installed; on a bare runtime machine
-    (no psutil) the same keys from the OS itself (/proc/meminfo, the affinity mask)."""
-    from chipbench.machine import cpuinfo, machine_info, usable_cores
+    """The machine the runner runs on (`chipbench.machine.machine_info`, psutil or not)."""
+    from chipbench.machine import machine_info
 
-    try:
-        return dict(machine_info())
-    except ImportError:
-        pass
-    cpu = cpuinfo()
-    flags = set((cpu.get("flags") or cpu.get("Features") or "").split())
-    from chipbench.machine import _ISA_FLAGS, _gpus
-
-    return {
-        "hostname": platform.node(),
-        "cpu_model": cpu.get("model name") or platform.processor() or platform.machine(),
-        "arch": platform.machine(),
-        "cores": usable_cores(),
-        "physical_cores": None,
-        "isa": [f for f in _ISA_FLAGS if f in flags],
-        "memory_gib": _meminfo_gib(),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "gpus": _gpus(),
-    }
-
-
-def _meminfo_gib() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) * 1024 / 2**30, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    return round(pages * size / 2**30, 1)
+    return dict(machine_info())

@@ -24,7 +24,8 @@ import sys
 import threading
 from typing import Any
 
-DEVICE_INFO = "chipbench.device_info"
+DEVICE_INFO = "chipbench.device_info"  # the global function a server started here answers
+
 
 
 def device_info() -> dict[str, Any]:
