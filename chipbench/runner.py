@@ -70,6 +70,12 @@ def run_isolated(cell: Cell, out_file: Path, env: dict[str, str], context: dict 
         return _failed(cell, _crash_reason(proc.returncode, err_file.read_text(errors="replace")))
 
 
+def run_cell(cell: Cell) -> RunRecord:
+    """One cell in its own process, stored nowhere (a benchmark's or a check's one-off cell)."""
+    with tempfile.TemporaryDirectory(prefix="chipbench-record-") as tmp:
+        return run_isolated(cell, Path(tmp) / "record.json", cell_environment())
+
+
 def cell_environment() -> dict[str, str]:
     """The environment a cell starts with: this one, with Python's unsafe path off and the
     paths the user set (PYTHONPATH, the cache, tuning dirs) made absolute: the cell runs in a

@@ -20,7 +20,7 @@ from statistics import median
 
 import pytest
 
-from chipbench.runner import run_isolated
+from chipbench.runner import run_cell
 from chipbench.scenarios import MeasureSettings
 from chipbench.suite import Cell
 
@@ -45,7 +45,7 @@ def test_bundle_runner_overhead_against_the_in_process_harness(benchmark, backen
     def compare():
         harness, runner = [], []
         for i in range(ROUNDS):
-            rec = run_isolated(cell)
+            rec = run_cell(cell)
             assert rec.status == "ok", rec.reason
             harness.append(rec.latency["median"])
             out = tmp_path / f"records-{i}.json"
@@ -77,7 +77,7 @@ def test_rpc_loopback_against_local(benchmark, tmp_path):
             here, there = [], []
             for _ in range(ROUNDS):
                 for cell, into in ((local, here), (remote, there)):
-                    rec = run_isolated(cell)
+                    rec = run_cell(cell)
                     assert rec.status == "ok" and rec.verdict == "VALID", rec.reason
                     into.append(rec.latency["median"])
             return here, there
