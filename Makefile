@@ -10,7 +10,7 @@ PROFILE_WORKLOADS ?= vibration-cnn1d,sensor-transformer
 PROJECT_WORKLOAD  ?= edge-inspect
 PROBE_FLAGS ?=
 
-.PHONY: install run report probe test test-slow bench bench-kernels runtime-kit clean
+.PHONY: install run report probe test test-slow bench bench-kernels runtime-kit gpu-bundles gpu-check clean
 
 install: $(STAMP)
 
@@ -58,6 +58,19 @@ KIT_PYTHON ?=
 runtime-kit: $(STAMP)
 	rm -rf $(KIT)
 	$(BIN)/chipbench runtime-kit --out $(KIT) $(if $(KIT_PYTHON),--python $(KIT_PYTHON))
+
+# The GPU check. Here: bundles (tvm-cuda for sm_90), the runtime kit for Python 3.12, wheels and
+# weights into one folder to carry. There (plain python3, no venv): make gpu-check.
+# GPU_DEVICE=cpu rehearses both on this machine (.gpu-check-cpu/, tvm-llvm, this Python).
+GPU_DEVICE ?= cuda
+GPU_PYTHON ?=
+GPU_BUNDLES_FLAGS ?=
+GPU_CHECK_FLAGS ?=
+gpu-bundles: $(STAMP)
+	$(BIN)/python scripts/gpu_bundles.py --device $(GPU_DEVICE) $(if $(GPU_PYTHON),--python $(GPU_PYTHON)) $(GPU_BUNDLES_FLAGS)
+
+gpu-check:
+	$(if $(filter cpu,$(GPU_DEVICE)),$(BIN)/python,python3) scripts/gpu_check.py $(if $(filter cpu,$(GPU_DEVICE)),--device cpu) $(GPU_CHECK_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from chipbench.bundle_format import Arrays, Loaded
+from chipbench.bundle_format import Arrays, Loaded, bundle_members, read_manifest
 
 
 def versions() -> dict[str, str]:
@@ -110,8 +110,9 @@ def load(folder: Path, entries: dict[str, Any], input_names: list[str], output_n
     dev = _device(kind, device_index)
     lib = tvm.runtime.load_module(str(folder / entries["library"]))
     vm = VirtualMachine(lib, dev)
-    with np.load(folder / entries["params"], allow_pickle=False) as data:
-        params = [_param(spec, data[f"p{i}"], dev) for i, spec in enumerate(entries["param_specs"])]
+    data = bundle_members(folder, entries["params"], read_manifest(folder))  # left-out weights: rebuilt, checked
+    params = [_param(spec, data[f"p{i}"], dev) for i, spec in enumerate(entries["param_specs"])]
+    del data
     if vm.module.implements_function("main_transform_params"):
         params = list(vm["main_transform_params"](params))
     main = vm["main"]

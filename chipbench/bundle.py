@@ -31,16 +31,20 @@ class BundleRefused(Exception):
 
 @dataclass(frozen=True)
 class Bundled:
-    """What `make_bundle` wrote: the folder, its manifest and the total bytes of its files."""
+    """What `make_bundle` wrote: the folder, its manifest, the total bytes of its files and
+    remarks for the user."""
 
     folder: Path
     manifest: dict[str, Any]
     total_bytes: int
+    remarks: tuple[str, ...] = ()  # for the user, e.g. why weights over the leave-out limit still travel
 
 
-def make_bundle(cell: Cell, out: Path) -> Bundled:
-    """Prepare, compile and export `cell` into the new (or empty) folder `out`.
-    BundleRefused with a one-line reason when that cannot be done."""
+def make_bundle(cell: Cell, out: Path, leave_out_bytes: int | None = None) -> Bundled:
+    """Prepare, compile and export `cell` into the new (or empty) folder `out`. With
+    `leave_out_bytes`, weights larger than that many bytes are left out, for the device to
+    rebuild from the workload's seeded model (chipbench.bundle_rebuild). BundleRefused with a
+    one-line reason when that cannot be done."""
     from chipbench.backends.base import Unsupported, get_backend
     from chipbench.byo import ModelError
     from chipbench.cell import compile_spec, coverage, describe_workload, one_line, onnx_ops, prepare
@@ -92,11 +96,20 @@ def make_bundle(cell: Cell, out: Path) -> Bundled:
     if compiled.export is None:
         raise BundleRefused(f"{cell.backend} cannot write a bundle (its compiled model offers no export)")
     created = not out.exists()
+    extra: dict = {}
+    remarks: list[str] = []
     try:
         out.mkdir(parents=True, exist_ok=True)
         entries = dict(compiled.export(out))
         input_names = save_arrays(out / INPUTS, prepared.inputs)
         output_names = save_arrays(out / REFERENCE, prepared.reference)
+        if leave_out_bytes is not None and entries.get("params"):  # the backend's weights file (.npz)
+            made = _leave_out(out, entries["params"], prep, leave_out_bytes)
+            extra, remarks = made.manifest, [made.note] if made.note else []
+            entries["files"] = [*entries["files"], *made.files]
+    except BundleRefused:
+        _remove(out, created)
+        raise
     except Exception as exc:
         _remove(out, created)
         raise BundleRefused(f"export: {one_line(exc)}") from None
@@ -130,11 +143,26 @@ def make_bundle(cell: Cell, out: Path) -> Bundled:
         "host": {"machine": machine_info(), "libraries": library_versions(), "git_commit": git_commit()},
         "runtime": entries,
         "files": {name: file_entry(out / name) for name in names},
+        **extra,  # left_out and rebuild, when weights were left out
     }
     text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False, default=str)
     (out / MANIFEST).write_text(text)
     total = sum(e["bytes"] for e in manifest["files"].values()) + len(text.encode())
-    return Bundled(out, manifest, total)
+    return Bundled(out, manifest, total, tuple(remarks))
+
+
+def _leave_out(out: Path, params: str, prep: Any, min_bytes: int) -> Any:
+    """Leave the weights of `out/params` over `min_bytes` that the device can rebuild out
+    (chipbench.bundle_rebuild.leave_out, whose LeftOut it returns); BundleRefused when the
+    workload's seeded model does not fit its built one."""
+    from chipbench.bundle_rebuild import RebuildError, leave_out
+
+    prepared = prep.prepared
+    try:
+        built = prepared.source.build_torch() if prep.workload is not None else None
+        return leave_out(out, params, prep.workload, built, prepared.source.onnx_path, prep.batch, min_bytes)
+    except RebuildError as exc:
+        raise BundleRefused(f"leave out weights: {exc}") from None
 
 
 def _finite_dict(values: dict[str, Any]) -> dict[str, Any]:

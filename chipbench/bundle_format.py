@@ -13,6 +13,13 @@ A bundle is a folder:
 Arrays travel as `.npz` only and are read with `allow_pickle=False`: nothing in a bundle is
 unpickled. Names live in the manifest, not as zip member names, so any ONNX name survives.
 
+Arrays too large to carry (a ResNet-50's weights) may be left out of their `.npz`: the
+manifest's `left_out` lists each such member with its `array_digest` (sha256 of dtype, shape
+and bytes: an `.npz` file's own hash also covers zip metadata), and its `rebuild` section says
+how the device makes them again (chipbench.bundle_rebuild). Rebuilt members are written to
+`rebuilt/<file>.npz` in the bundle; `bundle_members` reads a file with them filled in, each
+checked against its digest, and refuses one that is missing or differs, naming it.
+
 The runner's records travel back as one JSON file (`RECORDS_FORMAT`) that names the bundle
 by the sha256 of its manifest and carries a digest of its records. The digest catches a
 record edited or swapped after the run, or records brought back to the wrong bundle; it is
@@ -39,6 +46,7 @@ MANIFEST = "manifest.json"
 INPUTS = "inputs.npz"
 REFERENCE = "reference.npz"
 RECORDS_FORMAT = "chipbench-bundle-records"
+REBUILT = "rebuilt"  # the bundle's folder for the arrays the device rebuilt (see bundle_rebuild)
 # The modules a manifest may name as its runtime: the runner imports nothing else by name.
 RUNTIME_MODULES = ("chipbench.backends.tvm_runtime", "chipbench.backends.ort_runtime")
 
@@ -101,16 +109,75 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> list[str]:
     return names
 
 
-def load_arrays(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+def load_arrays(path: Path, names: list[str], members: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Read what `save_arrays` wrote, back under the manifest's names; BundleError naming the
-    file when it is not a pickle-free .npz with exactly those arrays."""
+    file when it is not a pickle-free .npz with exactly those arrays. `members` (from
+    `bundle_members`) stands in for reading `path` when given."""
+    data = read_npz(path) if members is None else members
+    if sorted(data) != sorted(f"a{i}" for i in range(len(names))):
+        raise BundleError(path, f"holds {sorted(data)}, the manifest names {len(names)} array(s)")
+    return {n: data[f"a{i}"] for i, n in enumerate(names)}
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every member of a pickle-free .npz, by member name; BundleError naming the file otherwise."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            if sorted(data.files) != sorted(f"a{i}" for i in range(len(names))):
-                raise BundleError(path, f"holds {sorted(data.files)}, the manifest names {len(names)} array(s)")
-            return {n: data[f"a{i}"] for i, n in enumerate(names)}
-    except (OSError, ValueError) as exc:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError) as exc:
         raise BundleError(path, f"not a readable .npz ({exc})") from None
+
+
+def array_digest(array: np.ndarray) -> str:
+    """Hex sha256 of an array's dtype (numpy's `dtype.str`, e.g. '<f4'), shape and C-order
+    bytes: equal arrays have equal digests whichever file or process holds them."""
+    a = np.asarray(array)
+    digest = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode())
+    digest.update(np.ascontiguousarray(a).tobytes())  # the same bytes for a 0-d array and its 1-element copy
+    return digest.hexdigest()
+
+
+def describe_array(member: str, entry: dict[str, Any]) -> str:
+    """A left-out array in words, e.g. "p12 (weight 'onnx::Conv_497', float32 [2048, 512, 1, 1])"."""
+    what = f"{entry['what']}, " if entry.get("what") else ""
+    return f"{member} ({what}{entry.get('dtype')} {entry.get('shape')})"
+
+
+def left_out(manifest: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The manifest's left-out arrays: {file: {member: {sha256, dtype, shape, bytes, what}}}."""
+    return manifest.get("left_out") or {}
+
+
+def bundle_members(folder: Path, name: str, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The members of the bundle's .npz `name`, with those the manifest left out read from
+    `rebuilt/<name>` and checked against their digests. BundleError naming the array when one
+    is not rebuilt or differs: a bundle never runs with other arrays than it was compiled with."""
+    folder = Path(folder)
+    members = read_npz(folder / name)
+    missing = left_out(manifest).get(name, {})
+    if not missing:
+        return members
+    path = folder / REBUILT / name
+    rebuilt = read_npz(path) if path.is_file() else {}
+    for member, entry in missing.items():
+        if member in members:
+            raise BundleError(folder / name, f"holds {member}, which the manifest lists as left out")
+        if member not in rebuilt:
+            raise BundleError(path, f"array {describe_array(member, entry)} was left out of {name} and is not "
+                                    f"rebuilt here (python -m chipbench.bundle_rebuild {folder})")
+        found = array_digest(rebuilt[member])
+        if found != entry.get("sha256"):
+            raise BundleError(path, f"array {describe_array(member, entry)} has sha256 {found[:16]}..., the "
+                                    f"compiling host's is {str(entry.get('sha256'))[:16]}... (rebuilt differently)")
+        members[member] = rebuilt[member]
+    return members
+
+
+def check_left_out(folder: Path, manifest: dict[str, Any]) -> None:
+    """Every array the manifest left out is rebuilt in `folder` and equals the compiling
+    host's (BundleError naming the first that is not)."""
+    for name in left_out(manifest):
+        bundle_members(folder, name, manifest)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

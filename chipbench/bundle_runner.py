@@ -3,7 +3,8 @@
     python -m chipbench.bundle_runner BUNDLE --out RECORDS.json [--scenario single-stream|offline]
         [--min-duration S] [--min-count N] [--max-duration S] [--device-index I]
 
-Verifies every file against the manifest, loads the artifact with the runtime module the
+Verifies every file against the manifest (and every array left out of it, rebuilt here by
+chipbench.bundle_rebuild, against its sha256), loads the artifact with the runtime module the
 manifest names (chipbench.backends.tvm_runtime or .ort_runtime), and measures it with the
 harness's own scenarios (chipbench.scenarios), statistics (chipbench.stats) and fidelity
 (chipbench.accuracy) against the bundled reference. Model load and the first inference are
@@ -34,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from chipbench import runtime_guard
-from chipbench.bundle_format import INPUTS, REFERENCE, BundleError, load_arrays, records_document, verify
+from chipbench.bundle_format import (INPUTS, REFERENCE, BundleError, bundle_members, check_left_out, left_out,
+                                     load_arrays, records_document, verify)
 from chipbench.energy import meter_for
 from chipbench.paths import atomic_write_text
 from chipbench.record import RunRecord
@@ -99,8 +101,9 @@ def run_bundle(bundle: Path, args: argparse.Namespace) -> tuple[dict[str, Any], 
     settings = _settings(manifest["cell"], args)
     cell = {**manifest["cell"], "scenario": scenario, "settings": settings.to_dict()}
     model = manifest["model"]
-    inputs = load_arrays(bundle / INPUTS, model["inputs"])
-    reference = load_arrays(bundle / REFERENCE, model["outputs"])
+    check_left_out(bundle, manifest)  # arrays too large to carry: rebuilt here, equal to the host's
+    inputs = load_arrays(bundle / INPUTS, model["inputs"], bundle_members(bundle, INPUTS, manifest))
+    reference = load_arrays(bundle / REFERENCE, model["outputs"], bundle_members(bundle, REFERENCE, manifest))
     host = manifest["host"]
     fields: dict[str, Any] = dict(
         workload=manifest["workload"], backend=manifest["backend"], precision=manifest["precision"],
@@ -115,6 +118,10 @@ def run_bundle(bundle: Path, args: argparse.Namespace) -> tuple[dict[str, Any], 
     }
     notes = list(manifest.get("notes", [])) + [f"measured by the bundle runner from bundle {manifest_sha[:12]}, "
                                                  f"compiled on {host['machine'].get('hostname')}"]
+    rebuilt = [entry for members in left_out(manifest).values() for entry in members.values()]
+    if rebuilt:
+        notes.append(f"{len(rebuilt)} array(s) ({sum(e['bytes'] for e in rebuilt) / 2**20:.1f} MiB) left out of the bundle, "
+                     f"rebuilt on this machine ({manifest.get('rebuild', {}).get('recipe', '?')}) and checked by sha256")
     if manifest["workload"].get("task_metric"):
         notes.append("task metric not measured by the bundle runner (fidelity to the bundled reference only)")
     compile_info = dict(manifest["compile"])

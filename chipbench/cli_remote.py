@@ -41,6 +41,7 @@ def bundle(
     seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
     min_duration: Annotated[Optional[float], typer.Option("--min-duration", min=0.0, help="Seconds the runner measures at least.")] = None,
     min_count: Annotated[Optional[int], typer.Option("--min-count", min=1, help="Queries the runner measures at least.")] = None,
+    leave_out_kib: Annotated[Optional[int], typer.Option("--leave-out-kib", min=0, help="Leave out weights larger than this many KiB that the workload's seeded model reproduces: the device rebuilds them (python -m chipbench.bundle_rebuild) and checks each by sha256; other weights travel.")] = None,
 ) -> None:
     """Compile one cell here and write a bundle (library, parameters, inputs, reference, manifest
     of sha256 hashes) for `python -m chipbench.bundle_runner` on the device."""
@@ -71,12 +72,17 @@ def bundle(
     cells = _checked_models([cell.with_absolute_paths() for cell in cells])
     err.print(f"chipbench: compiling {cells[0].label()} into {out}/", markup=False)
     try:
-        made = make_bundle(cells[0], out)
+        made = make_bundle(cells[0], out, None if leave_out_kib is None else leave_out_kib * 1024)
     except BundleRefused as exc:
         fail(str(exc), exc.code)
     runtime = made.manifest["runtime"]
+    left = [e for members in made.manifest.get("left_out", {}).values() for e in members.values()]
+    rebuilt = (f"; {len(left)} weight(s), {sum(e['bytes'] for e in left) / 2**20:.1f} MiB, left out for the device "
+               f"to rebuild") if left else ""
     err.print(f"wrote {out}/ ({made.total_bytes / 2**20:.2f} MiB; runtime {runtime['module']}, "
-              f"device {runtime['device']}, target {made.manifest['backend']['target']})", markup=False)
+              f"device {runtime['device']}, target {made.manifest['backend']['target']}{rebuilt})", markup=False)
+    for remark in made.remarks:
+        err.print(f"note: {remark}", markup=False)
     print(out)
 
 

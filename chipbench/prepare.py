@@ -63,15 +63,23 @@ def _store_key(folder: Path, key: dict) -> None:
 
 
 def export_onnx(workload, batch: int) -> Path:
-    import onnx
-    import torch
-
     key = export_key(workload, batch)
     folder, hit = _cached_dir("onnx", key)
     path = folder / "model.onnx"
     if hit and path.exists():
         return path
-    model = workload.build().eval()
+    proto = onnx_proto(workload, workload.build().eval(), batch)
+    atomic_write_bytes(path, proto.SerializeToString())
+    _store_key(folder, key)
+    return path
+
+
+def onnx_proto(workload, model, batch: int):
+    """`model` (the workload's torch module, eval mode) exported as `export_onnx` exports it:
+    static shapes at `batch`, opset OPSET, checked and shape-inferred. PrepareError on failure."""
+    import onnx
+    import torch
+
     example = workload.make_inputs(batch, seed=workload.seed)
     args = tuple(torch.from_numpy(example[n]) for n in workload.input_names)
     buf = io.BytesIO()
@@ -81,12 +89,9 @@ def export_onnx(workload, batch: int) -> Path:
                           output_names=list(workload.output_names))
         proto = onnx.load_from_string(buf.getvalue())
         onnx.checker.check_model(proto)
-        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     except Exception as exc:
         raise PrepareError(f"ONNX export of {workload.name} failed: {_one_line(exc)}") from None
-    atomic_write_bytes(path, proto.SerializeToString())
-    _store_key(folder, key)
-    return path
 
 
 def reference_outputs(workload, inputs: Arrays, model=None) -> Arrays:

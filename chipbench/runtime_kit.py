@@ -155,19 +155,33 @@ def _unpack_wheel(wheel: Path, dest: Path, only_ffi: bool = False) -> None:
         raise KitError(f"{wheel}: not a wheel (zip) file") from None
 
 
+def pip_download(requirements: list[str], python: str, folder: Path, deps: bool = False) -> list[Path]:
+    """`pip download` binary wheels of `requirements` (and with `deps` their dependencies) for
+    CPython `python` (e.g. "3.12") on manylinux x86_64 into `folder`; returns the wheels now
+    there. KitError (with the command, to run elsewhere) when pip cannot."""
+    cmd = [sys.executable, "-m", "pip", "download", *([] if deps else ["--no-deps"]), "--only-binary=:all:",
+           "--python-version", python, "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+           "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(folder),
+           *requirements]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
+        raise KitError(f"could not download {' '.join(requirements)} for Python {python} ({last}); fetch them "
+                       f"elsewhere with `pip {' '.join(cmd[3:])}`")
+    return sorted(Path(folder).glob("*.whl"))
+
+
 def download_ffi_wheel(python: str, folder: Path) -> Path:
     """`pip download` apache-tvm-ffi FFI_VERSION for CPython `python` (e.g. "3.12") on
     manylinux x86_64 into `folder`; KitError (with the command) when pip cannot."""
     tag = python.replace(".", "")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", python,
-           "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
-           "--platform", "manylinux2014_x86_64", "-d", str(folder), f"apache-tvm-ffi=={FFI_VERSION}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        pip_download([f"apache-tvm-ffi=={FFI_VERSION}"], python, folder)
+    except KitError as exc:
+        raise KitError(f"{exc} and pass --ffi-wheel") from None
     wheels = sorted(folder.glob(f"apache_tvm_ffi-{FFI_VERSION}-cp{tag}-*.whl"))
-    if proc.returncode != 0 or not wheels:
-        last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
-        raise KitError(f"could not download apache-tvm-ffi {FFI_VERSION} for Python {python} ({last}); "
-                       f"fetch it elsewhere with `{' '.join(cmd[2:])}` and pass --ffi-wheel")
+    if not wheels:
+        raise KitError(f"pip downloaded no apache-tvm-ffi {FFI_VERSION} wheel for Python {python}; pass --ffi-wheel")
     return wheels[0]
 
 

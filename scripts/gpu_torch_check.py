@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,12 +184,13 @@ def run_step(name: str, argv: list[str], env, cwd: Path, logfile) -> tuple[int, 
     return rc, seconds
 
 
-def summarize(results_dir: Path, backends: list[str]) -> tuple[list[dict], str]:
-    """This check's records (its backends, newest per cell) and a Markdown table of them."""
+def summarize(results_dir: Path, backends: list[str], since: str | None = None) -> tuple[list[dict], str]:
+    """This check's records (its backends, newest per cell, made at or after `since`, an ISO
+    time in UTC, when given) and a Markdown table of them."""
     latest: dict[tuple, dict] = {}
     for path in sorted((results_dir / "runs").glob("*.json")):
         rec = json.loads(path.read_text())
-        if rec["backend"]["name"] not in backends:
+        if rec["backend"]["name"] not in backends or (since and rec["created"] < since):
             continue
         key = (rec["workload"]["name"], rec["backend"]["name"], rec["precision"], rec["scenario"]["name"], rec["batch"])
         if key not in latest or rec["created"] >= latest[key]["created"]:
@@ -251,6 +253,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     started = time.perf_counter()
+    since = datetime.now(timezone.utc).isoformat(timespec="microseconds")  # this run's records only
     args.results_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="chipbench-gpu-check-"))  # neutral cwd: the checkout never shadows the package
     env, how = chipbench_env(scratch)
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed_steps.append(f"{name} (exit {rc})")
             elif rc not in (0, 1):  # 1: the cell failed, and its record says why; else the step broke
                 failed_steps.append(f"{name} (exit {rc})")
-    records, table = summarize(args.results_dir, args.backends)
+    records, table = summarize(args.results_dir, args.backends, since)
     timings["total"] = time.perf_counter() - started
     bad = [r for r in records if r["status"] != "ok" or r.get("verdict") != "VALID"]
     cut = f"; not run within --budget-s {args.budget_s:g}: {', '.join(not_run)}" if not_run else ""
@@ -316,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         args.export.mkdir(parents=True, exist_ok=True)
         (args.export / "gpu-torch-summary.md").write_text(summary)
         (args.export / "gpu-torch-records.json").write_text(json.dumps(
-            {"preflight": info, "timings_s": timings, "records": records}, indent=1, default=str))
+            {"preflight": info, "timings_s": timings, "backends": args.backends, "not_run": not_run,
+             "records": records}, indent=1, default=str))
         profiles = {p.name: json.loads(p.read_text()) for p in (args.results_dir / "device").glob("*.json")}
         (args.export / "gpu-torch-profiles.json").write_text(json.dumps(profiles, indent=1))
         (args.export / "gpu-torch.log").write_text(logpath.read_text()[-4_000_000:])

@@ -79,6 +79,12 @@ class Workload:
         """Seeded inputs of the model's dtype and shape for `batch` samples."""
         raise NotImplementedError
 
+    def seeded_model(self) -> Any:
+        """The torch model as the seed alone makes it (eval mode), before `build()` trains or
+        calibrates it; None when the workload does not offer one. A bundle leaves weights that
+        this reproduces on the device instead of carrying them (chipbench.bundle_rebuild)."""
+        return None
+
     def data_source(self) -> DataSource | None:
         """The workload's labelled-data generator, or None when it has none (fidelity only)."""
         return None

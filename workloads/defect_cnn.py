@@ -54,14 +54,21 @@ class DefectCNN(Workload):
     blocks: tuple[int, ...] = (3, 4, 6, 3)
     num_classes: int = len(CLASSES)
 
+    def seeded_model(self) -> Any:
+        """ResNet-50 layout with torch's seeded initialisation (Kaiming-normal convs), before
+        its BatchNorm statistics are calibrated."""
+        from .nets.resnet import ResNet
+        from .training import deterministic
+
+        with deterministic(self.seed):
+            return ResNet(tuple(self.blocks), self.width, self.num_classes).eval()
+
     def build(self) -> Any:
         import torch
 
-        from .nets.resnet import ResNet
         from .training import cached_weights, calibrate_batchnorm, deterministic
 
-        with deterministic(self.seed):
-            model = ResNet(tuple(self.blocks), self.width, self.num_classes)
+        model = self.seeded_model()
 
         def calib(m):
             x, _ = self.dataset("calibration", 32)

@@ -5,6 +5,11 @@ training recipe (optimizer, epochs, lr, batch, train size), the data generator's
 (name, version, parameters, seed) and the torch version. The key is stored as JSON beside the
 weights and compared exactly; a file lock keeps concurrent processes from training the same
 model twice.
+
+Weights carried from another machine (`CHIPBENCH_CARRIED_WEIGHTS`, a folder laid out as this
+cache is, e.g. by `scripts/gpu_bundles.py`) take the place of training when their key equals
+this one but for the torch version: a device then measures the very weights its bundles were
+compiled with, and does not spend its time training. The stored info says where they came from.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import fcntl
 import hashlib
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,13 +80,15 @@ def cached_weights(workload: Any, recipe: str, model: nn.Module,
         with open(folder / f"{stem}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not load():  # another process may have finished while we waited
-                t0, c0 = time.perf_counter(), time.process_time()
-                print(f"chipbench: preparing {workload.name} weights ({recipe}), once; cache {folder}",
-                      file=sys.stderr)
-                info = fit(model)
-                info["train_s"] = round(time.perf_counter() - t0, 2)
-                info["train_cpu_s"] = round(time.process_time() - c0, 2)
-                info["threads"] = torch.get_num_threads()
+                info = carried_weights(workload.name, key, model)
+                if info is None:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    print(f"chipbench: preparing {workload.name} weights ({recipe}), once; cache {folder}",
+                          file=sys.stderr)
+                    info = fit(model)
+                    info["train_s"] = round(time.perf_counter() - t0, 2)
+                    info["train_cpu_s"] = round(time.process_time() - c0, 2)
+                    info["threads"] = torch.get_num_threads()
                 print(f"chipbench: {workload.name} ready: {info}", file=sys.stderr)
                 buf = io.BytesIO()
                 torch.save(model.state_dict(), buf)
@@ -88,6 +97,32 @@ def cached_weights(workload: Any, recipe: str, model: nn.Module,
                                                     sort_keys=True, default=list))
     model.requires_grad_(False)
     return model.eval()
+
+
+def carried_weights(name: str, key: dict[str, Any], model: nn.Module) -> dict[str, Any] | None:
+    """Load weights carried from another machine into `model`: the first `*.key.json` under
+    `$CHIPBENCH_CARRIED_WEIGHTS/<name>/` whose key equals `key` in all but "torch" and whose
+    `.pt` (a state dict) loads. Returns its info, marked `carried` with the torch version that
+    made them, or None when there is no such folder or entry."""
+    root = os.environ.get("CHIPBENCH_CARRIED_WEIGHTS")
+    if not root:
+        return None
+    want = json.dumps({k: v for k, v in key.items() if k != "torch"}, sort_keys=True, default=list)
+    for kpath in sorted((Path(root) / name).glob("*.key.json")):
+        try:
+            stored = json.loads(kpath.read_text())
+            if json.dumps({k: v for k, v in stored["key"].items() if k != "torch"}, sort_keys=True, default=list) != want:
+                continue
+            wpath = kpath.with_name(kpath.name.removesuffix(".key.json") + ".pt")
+            state = torch.load(io.BytesIO(wpath.read_bytes()), weights_only=True)
+            current = model.state_dict()
+            if set(state) != set(current) or any(state[k].shape != current[k].shape for k in current):
+                continue  # checked first: a failed load_state_dict may have copied some tensors
+            model.load_state_dict(state)
+        except (OSError, ValueError, KeyError, RuntimeError, AttributeError):
+            continue
+        return {**stored.get("info", {}), "carried": str(kpath.parent), "made_with_torch": stored["key"].get("torch")}
+    return None
 
 
 def train_cached(workload: Any, model: nn.Module, loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
@@ -125,9 +160,9 @@ def evaluate(workload: Any, model: nn.Module, split: str = "test", n: int | None
     return workload.metric(dict(zip(workload.output_names, outs)), y)
 
 
-def train_info(workload: Any) -> dict[str, Any] | None:
-    """The info stored with this workload's cached trained weights (training time, test
-    metric), or None when it has not been trained here yet."""
+def cache_entries(workload: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """This workload's cached weights made with this torch: (path of the `.key.json`, its
+    parsed content) for each, whatever the recipe; the weights are the `.pt` beside it."""
     want = json.dumps(workload.key(), sort_keys=True, default=list)
     found = []
     for kpath in cache_dir("weights", workload.name).glob("*.key.json"):
@@ -135,8 +170,20 @@ def train_info(workload: Any) -> dict[str, Any] | None:
             d = json.loads(kpath.read_text())
             if (json.dumps(d["key"]["workload"], sort_keys=True, default=list) == want
                     and d["key"]["torch"] == torch.__version__.split("+")[0]):
-                found.append((kpath.stat().st_mtime, {"recipe": d["key"]["recipe"], **d["info"]}))
+                found.append((kpath, d))
         except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def train_info(workload: Any) -> dict[str, Any] | None:
+    """The info stored with this workload's cached trained weights (training time, test
+    metric), or None when it has not been trained here yet."""
+    found = []
+    for kpath, d in cache_entries(workload):
+        try:
+            found.append((kpath.stat().st_mtime, {"recipe": d["key"]["recipe"], **d["info"]}))
+        except (OSError, KeyError, TypeError):
             continue
     return max(found, key=lambda t: t[0])[1] if found else None
 
