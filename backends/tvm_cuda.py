@@ -155,11 +155,28 @@ def resolve_target(spec: CompileSpec) -> Any:
     return device_target(spec.device.index if spec.device.kind == "cuda" else 0)
 
 
-def dlight_rules() -> list:
-    """Instances of DLIGHT_RULES."""
+def dlight_rules(stats: dict | None = None) -> list:
+    """Instances of DLIGHT_RULES, each made to decline (so the next rule is tried) where it
+    raises instead of returning None: TVM 0.27's Matmul rule asserts on some fused kernels
+    (rul-tcn's at batch 32: "consumers of the cache-write stage ... not properly inlined").
+    A rule applies to a fresh Schedule of the kernel, so a failed attempt leaves it as it was.
+    `stats["dlight_rules_declined"]` counts those declines per rule."""
     from tvm.s_tir import dlight
 
-    return [getattr(dlight.gpu, name)() for name in DLIGHT_RULES]
+    class Declining(dlight.ScheduleRule):
+        def __init__(self, name: str) -> None:
+            self.name, self.rule = name, getattr(dlight.gpu, name)()
+
+        def apply(self, func, target, tunable):
+            try:
+                return self.rule.apply(func, target, tunable)
+            except Exception:  # noqa: BLE001 - a rule that cannot schedule this kernel
+                if stats is not None:
+                    declined = stats.setdefault("dlight_rules_declined", {})
+                    declined[self.name] = declined.get(self.name, 0) + 1
+                return None
+
+    return [Declining(name) for name in DLIGHT_RULES]
 
 
 def cuda_pipeline(target: Any, database_dir: Path | None = None, stats: dict | None = None) -> Any:
@@ -188,7 +205,7 @@ def cuda_pipeline(target: Any, database_dir: Path | None = None, stats: dict | N
         with target:
             return tvm.transform.Sequential([
                 *cuda.library_dispatch_passes(target), *fusion_passes(), *apply_db,
-                dlight.ApplyDefaultSchedule(*dlight_rules()),
+                dlight.ApplyDefaultSchedule(*dlight_rules(stats)),
                 *cuda.dataflow_lower_passes(target), *cuda.finalize_passes(target),
             ])(mod)
 
@@ -307,7 +324,7 @@ def compile_for(source: ModelSource, spec: CompileSpec) -> CudaBuild:
             exe = tvm.compile(mod, target=target, relax_pipeline=cuda_pipeline(target, database, stats))
     else:
         with target, tvm.transform.PassContext(opt_level=3):
-            exe = tvm.compile(mod, target=target, relax_pipeline=cuda_pipeline(target))
+            exe = tvm.compile(mod, target=target, relax_pipeline=cuda_pipeline(target, None, stats))
     pipeline = "relax-fused + " + ("metaschedule-db, then " if database else "") + "dlight gpu default schedules"
     pipeline += f", CUDA via {mode}"
     if to_fp16:
@@ -317,11 +334,12 @@ def compile_for(source: ModelSource, spec: CompileSpec) -> CudaBuild:
         "cuda_driver_at_compile": driver,  # "stub": cross-compiled on a host without a driver
         "dlight_rules": list(DLIGHT_RULES),
         "tvm_compile_s": time.perf_counter() - start,
+        **stats,
     }
     if database is not None:
         from chipbench.tuning.database import records_digest
 
-        details.update({"tuning_db": records_digest(database), "tuning_db_path": str(database), **stats})
+        details.update({"tuning_db": records_digest(database), "tuning_db_path": str(database)})
     return CudaBuild(exe, weights, target, pipeline, details)
 
 

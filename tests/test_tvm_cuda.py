@@ -218,3 +218,16 @@ def test_timer_times_on_the_device_and_run_copies_back():
     assert all(isinstance(v, np.ndarray) for v in out.values())
     samples = compiled.timer(prep.inputs, 5)
     assert len(samples) == 5 and all(s > 0 for s in samples)
+
+
+@needs_compiler
+def test_a_dlight_rule_that_raises_on_a_kernel_declines_it_and_the_next_rule_schedules_it():
+    """rul-tcn at batch 32: TVM 0.27's Matmul rule asserts on some of its fused kernels."""
+    from chipbench.backends.tvm_cuda import compile_for
+    from chipbench.prepare import prepare_workload
+    from chipbench.workloads.base import get_workload
+
+    source = prepare_workload(get_workload("rul-tcn", train=False), 32, 0).source
+    build = compile_for(source, CompileSpec(batch=32, target=SM90))
+    assert build.details["dlight_rules_declined"].get("Matmul", 0) > 0
+    assert build.details["dlight_rules"][-1] == "Fallback"
