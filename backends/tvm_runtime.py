@@ -129,7 +129,7 @@ def load(folder: Path, entries: dict[str, Any], input_names: list[str], output_n
 
     load_s = time.perf_counter() - start
     return Loaded(run=run, timer=timer if kind != "cpu" else None, load_s=load_s,
-                  device=_describe(dev, kind), versions=versions())
+                  device=_describe(dev, kind), versions=versions(), timer_untimed_calls=1)
 
 
 class InputBuffers:

@@ -11,8 +11,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Fidelity gate against the FP32 reference on the same inputs: the largest absolute error,
+    the largest relative L2 error and the smallest cosine similarity a VALID result may have."""
+
+    max_abs: float
+    rel_l2: float
+    min_cosine: float
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Tolerance:
+        """From a record's or a manifest's `tolerance`; None (JSON's stand-in for an unbounded
+        tolerance) becomes +inf (-inf for the cosine)."""
+        def bound(key: str, unbounded: float) -> float:
+            value = data.get(key)
+            return unbounded if value is None else float(value)
+
+        return cls(bound("max_abs", float("inf")), bound("rel_l2", float("inf")), bound("min_cosine", float("-inf")))
 
 
 @dataclass(frozen=True)
@@ -89,7 +110,7 @@ def compare(got: np.ndarray, ref: np.ndarray) -> Fidelity:
                     outputs_compared=1)
 
 
-def check(fid: Fidelity, tol) -> list[str]:
+def check(fid: Fidelity, tol: Tolerance) -> list[str]:
     """Reasons the fidelity misses the tolerance; empty only when every output was compared,
     every non-finite value matched, and the errors are within `tol` (a Tolerance)."""
     reasons = list(fid.problems)

@@ -17,6 +17,8 @@ from typing import Any
 
 from chipbench.bundle_format import (FORMAT, FORMAT_VERSION, INPUTS, MANIFEST, REFERENCE, RUNTIME_MODULES,
                                      file_entry, save_arrays)
+from chipbench.paths import atomic_write_text
+from chipbench.recording import finite
 from chipbench.suite import Cell
 
 
@@ -45,10 +47,11 @@ def make_bundle(cell: Cell, out: Path, leave_out_bytes: int | None = None) -> Bu
     `leave_out_bytes`, weights larger than that many bytes are left out, for the device to
     rebuild from the workload's seeded model (chipbench.bundle_rebuild). BundleRefused with a
     one-line reason when that cannot be done."""
-    from chipbench.backends.base import Unsupported, get_backend
+    from chipbench.backends.base import Unsupported, bundle_compiler, compile_capability, get_backend
     from chipbench.byo import ModelError
-    from chipbench.cell import compile_spec, coverage, describe_workload, one_line, onnx_ops, prepare
+    from chipbench.cell import compile_spec, coverage, describe_workload, onnx_ops, prepare
     from chipbench.device import Device, DeviceError, default_device, supported_kinds
+    from chipbench.errors import one_line
     from chipbench.machine import git_commit, library_versions, machine_info
     from chipbench.prepare import PrepareError
     from chipbench.scenarios import batch_for
@@ -61,10 +64,7 @@ def make_bundle(cell: Cell, out: Path, leave_out_bytes: int | None = None) -> Bu
     except KeyError as exc:
         raise BundleRefused(str(exc).strip("'\""), 2) from None
     # cross-compiling backends say whether this host can compile for the device (`can_compile`)
-    check = backend.available
-    if getattr(backend, "compile_for_bundle", None) is not None and hasattr(backend, "can_compile"):
-        check = backend.can_compile
-    ok, why = check()
+    ok, why = compile_capability(backend)
     if not ok:
         raise BundleRefused(f"{cell.backend} unavailable: {why}")
     try:
@@ -83,12 +83,8 @@ def make_bundle(cell: Cell, out: Path, leave_out_bytes: int | None = None) -> Bu
         raise BundleRefused(f"prepare: {one_line(exc)}") from None
     prepared = prep.prepared
     spec = compile_spec(cell, prep, device)
-    # A backend whose device is not here (a GPU backend on a CPU host) may offer
-    # `compile_for_bundle(source, spec) -> Compiled`: a cross-compilation whose `export` works
-    # and whose `run` need not; otherwise the backend compiles (and so checks) on this machine.
-    compile_ = getattr(backend, "compile_for_bundle", None) or backend.compile
     try:
-        compiled = compile_(prepared.source, spec)
+        compiled = bundle_compiler(backend)(prepared.source, spec)
     except Unsupported as exc:
         raise BundleRefused(f"{cell.backend} unsupported: {exc}") from None
     except Exception as exc:
@@ -136,7 +132,7 @@ def make_bundle(cell: Cell, out: Path, leave_out_bytes: int | None = None) -> Bu
         "backend": {"name": cell.backend, "versions": backend.versions(), "target": compiled.target,
                     "pipeline": compiled.pipeline, "tuning_db": compiled.tuning_db, "details": compiled.details},
         "compile": {"seconds": compiled.compile_s, "artifact_bytes": compiled.artifact_bytes},
-        "tolerance": _finite_dict(vars(prep.tolerance)),
+        "tolerance": finite(dict(vars(prep.tolerance))),
         "notes": prep.notes,
         "coverage": coverage(ops, "ran") if ops else None,
         "work": prep.work,
@@ -146,7 +142,11 @@ def make_bundle(cell: Cell, out: Path, leave_out_bytes: int | None = None) -> Bu
         **extra,  # left_out and rebuild, when weights were left out
     }
     text = json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False, default=str)
-    (out / MANIFEST).write_text(text)
+    try:
+        atomic_write_text(out / MANIFEST, text)
+    except OSError as exc:
+        _remove(out, created)
+        raise BundleRefused(f"{out / MANIFEST}: cannot write the manifest ({exc.strerror or exc})") from None
     total = sum(e["bytes"] for e in manifest["files"].values()) + len(text.encode())
     return Bundled(out, manifest, total, tuple(remarks))
 
@@ -163,11 +163,6 @@ def _leave_out(out: Path, params: str, prep: Any, min_bytes: int) -> Any:
         return leave_out(out, params, prep.workload, built, prepared.source.onnx_path, prep.batch, min_bytes)
     except RebuildError as exc:
         raise BundleRefused(f"leave out weights: {exc}") from None
-
-
-def _finite_dict(values: dict[str, Any]) -> dict[str, Any]:
-    """Tolerances as JSON: an unbounded one (inf) is written as null."""
-    return {k: (None if isinstance(v, float) and v in (float("inf"), float("-inf")) else v) for k, v in values.items()}
 
 
 def _remove(out: Path, created: bool) -> None:

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from chipbench.paths import sha256_file
+
 FORMAT = "chipbench-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -71,6 +73,7 @@ class Loaded:
     load_s: float
     device: dict[str, Any]
     versions: dict[str, str]
+    timer_untimed_calls: int = 0  # device calls each timer round makes outside its samples (time_evaluator: 1)
     close: Callable[[], None] = field(default=lambda: None)
 
 
@@ -83,13 +86,6 @@ class BundleError(Exception):
         self.path = Path(path)
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_entry(path: Path) -> dict[str, Any]:

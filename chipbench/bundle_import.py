@@ -14,6 +14,7 @@ from typing import Any
 
 from chipbench.bundle_format import MANIFEST, BundleError, read_records, verify
 from chipbench.record import RunRecord, config_hash
+from chipbench.suite import Cell, SuiteError, check_cell
 
 # The cell config keys a runner may change (the scenario it ran and its measurement settings).
 _RUNNER_KEYS = ("scenario", "settings")
@@ -38,6 +39,10 @@ def check_records(bundle: Path, records_file: Path) -> list[RunRecord]:
             jsonschema.validate(data, schema())
         except jsonschema.ValidationError as exc:
             raise BundleError(records_file, f"record {i} is not a valid RunRecord ({exc.message[:200]})") from None
+        try:  # what a runner may change must still be a cell chipbench would run
+            check_cell(Cell.from_dict(data["provenance"]["config"]))
+        except (SuiteError, TypeError, KeyError) as exc:
+            raise BundleError(records_file, f"record {i}: its cell config is not valid ({exc})") from None
         for what, got, want in _identity(data, manifest):
             if got != want:
                 raise BundleError(records_file, f"record {i}: {what} is not the bundle's")

@@ -23,10 +23,10 @@ Exit status: 0 measured, 1 the cell failed to load or run (a failed record is st
 from __future__ import annotations
 
 import argparse
-import sys
-
 import importlib
+import os
 import platform
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 
 from chipbench import runtime_guard
+from chipbench.accuracy import Tolerance
 from chipbench.bundle_format import (INPUTS, REFERENCE, BundleError, bundle_members, check_left_out, left_out,
                                      load_arrays, records_document, verify)
-from chipbench.energy import meter_for
 from chipbench.paths import atomic_write_text
 from chipbench.record import RunRecord
-from chipbench.recording import Gate, finite, measured_fields, this_machine
-from chipbench.scenarios import SCENARIOS, MeasureSettings, measure, measure_on_device
+from chipbench.recording import finite, measured_fields, this_machine, timed_run
+from chipbench.scenarios import SCENARIOS, MeasureSettings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,15 +50,29 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _at_least(kind: type, low: float, inclusive: bool = True):
+    """An argparse type: `kind` values >= `low` (> `low` when not `inclusive`)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
+        if value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"{text} is not {'>=' if inclusive else '>'} {low:g}")
+        return value
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m chipbench.bundle_runner", description=__doc__.split("\n\n")[1])
     p.add_argument("bundle", type=Path, help="the bundle folder (from `chipbench bundle`)")
     p.add_argument("--out", type=Path, required=True, help="records file to write (JSON)")
     p.add_argument("--scenario", choices=SCENARIOS, help="default: the bundled cell's")
-    p.add_argument("--min-duration", type=float, help="seconds of timed queries at least")
-    p.add_argument("--min-count", type=int, help="timed queries at least")
-    p.add_argument("--max-duration", type=float, help="seconds at most (the record says when it stopped there)")
-    p.add_argument("--device-index", type=int, default=0, help="which device of the bundle's kind (cuda:N)")
+    p.add_argument("--min-duration", type=_at_least(float, 0), help="seconds of timed queries at least")
+    p.add_argument("--min-count", type=_at_least(int, 1), help="timed queries at least")
+    p.add_argument("--max-duration", type=_at_least(float, 0, inclusive=False),
+                   help="seconds at most (the record says when it stopped there)")
+    p.add_argument("--device-index", type=_at_least(int, 0), default=0, help="which device of the bundle's kind (cuda:N)")
     return p
 
 
@@ -146,16 +160,10 @@ def run_bundle(bundle: Path, args: argparse.Namespace) -> tuple[dict[str, Any], 
         start = time.perf_counter()
         outputs = loaded.run(inputs)
         compile_info["first_run_s"] = time.perf_counter() - start  # cold start, apart from run time
-        meter = meter_for(provenance["device"])  # NVML energy on a CUDA device; measures nothing elsewhere
-        with meter:
-            if loaded.timer is not None:  # the device's own clock: transfers stay outside
-                timer = loaded.timer
-                m = measure_on_device(meter.timer(lambda n: timer(inputs, n)), settings)
-            else:
-                run = loaded.run
-                m = measure(meter.query(lambda: run(inputs)), settings)
+        m, meter = timed_run(loaded.run, loaded.timer, inputs, settings, provenance["device"],
+                             loaded.timer_untimed_calls)
         fields["energy"] = meter.result(manifest["batch"])
-        gate = Gate.from_dict(manifest["tolerance"])
+        gate = Tolerance.from_dict(manifest["tolerance"])
         measured = measured_fields(m.samples_s, manifest["batch"], outputs, reference, gate,
                                    finite(manifest["tolerance"]), seed=cell["seed"])
     except Exception as exc:
@@ -173,12 +181,21 @@ def main(argv: list[str] | None = None) -> int:
 
     runtime_guard.enforce()  # before anything imports tvm_ffi (which would import torch) or tvm
     args = _parser().parse_args(argv)
+    if not os.access(args.out.parent if str(args.out.parent) else Path("."), os.W_OK) or args.out.is_dir():
+        print(f"error: --out {args.out}: cannot write the records there", file=sys.stderr)
+        return 2  # found before measuring, not after
     try:
         document, status = run_bundle(args.bundle, args)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    atomic_write_text(args.out, json.dumps(document, indent=1, sort_keys=True, allow_nan=False, default=str))
+    text = json.dumps(document, indent=1, sort_keys=True, allow_nan=False, default=str)
+    try:
+        atomic_write_text(args.out, text)
+    except OSError as exc:  # the measurement is not lost: it goes to stdout instead
+        print(text)
+        print(f"error: --out {args.out}: {exc.strerror or exc}; the records were written to stdout", file=sys.stderr)
+        return 1
     record = document["records"][0]
     if record["status"] == "ok":
         print(f"{record['verdict']} {record['workload']['name']} x {record['backend']['name']} "

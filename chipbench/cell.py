@@ -16,22 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
-from chipbench.accuracy import check, fidelity
+from chipbench.accuracy import Tolerance, check, fidelity
 from chipbench.backends.base import Arrays, Compiled, CompileSpec, Unsupported, get_backend
 from chipbench.byo import ModelError, prepare_model
 from chipbench.device import Device, DeviceError, default_device, supported_kinds
-from chipbench.energy import meter_for
 from chipbench.errors import one_line
 from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
 from chipbench.prepare import Prepared, prepare_workload, sha256_file
 from chipbench.record import RunRecord
-from chipbench.recording import finite
-from chipbench.scenarios import batch_for, measure, measure_on_device
-from chipbench.stats import LatencyStats
+from chipbench.recording import finite, measured_fields, timed_run
+from chipbench.scenarios import batch_for
 from chipbench.suite import Cell
 from chipbench.taskeval import calibration_for, task_accuracy
-from chipbench.workloads.base import DEFAULT_TOLERANCES, Tolerance, Workload, get_workload
+from chipbench.workloads.base import DEFAULT_TOLERANCES, Workload, get_workload
 
 
 def base_record(cell: Cell, status: str, reason: str | None = None, **extra) -> RunRecord:
@@ -268,34 +266,16 @@ def _profile(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_inf
 def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_info, ops_coverage):
     inputs = prep.prepared.inputs
     outputs = compiled.run(inputs)
-    fid = fidelity(outputs, prep.prepared.reference)
-    failures = check(fid, prep.tolerance)
     task = None
     if prep.workload is not None and prep.workload.task_metric and cell.task_samples > 0:
         task = task_accuracy(compiled.run, prep.workload, prep.batch, cell.task_samples)
-        failures += task["failures"]
-    accuracy = {"fidelity": fid.to_dict(), "tolerance": dict(vars(prep.tolerance)), "failures": failures,
-                "task": task}
-
-    run = compiled.run
-    meter = meter_for(ran["provenance"].get("device"))  # NVML energy on a CUDA device; measures nothing elsewhere
-    with meter:
-        if compiled.timer is not None:  # the device's own clock: transfers and network stay outside
-            timer = meter.timer(lambda n: compiled.timer(inputs, n), compiled.timer_untimed_calls)
-            m = measure_on_device(timer, cell.settings)
-        else:
-            m = measure(meter.query(lambda: run(inputs)), cell.settings)
-    stats = LatencyStats.from_samples(m.samples_s, seed=cell.seed)
-    energy = meter.result(prep.batch)
-    # samples per second: the batch that ran, never a guess from an input's first dimension
-    throughput = {"value": prep.batch * len(m.samples_s) / float(np.sum(m.samples_s)), "unit": "samples/s"}
-    return base_record(
-        cell, "ok", "; ".join(failures) or None, **ran, compile=compile_info,
-        latency=stats.to_dict(), throughput=throughput, accuracy=finite(accuracy),
-        verdict="INVALID" if failures else "VALID",
-        notes=prep.notes + [n for n in (m.note, meter.note) if n],
-        coverage=ops_coverage, work=prep.work, energy=energy,
-    )
+    m, meter = timed_run(compiled.run, compiled.timer, inputs, cell.settings, ran["provenance"].get("device"),
+                         compiled.timer_untimed_calls)
+    measured = measured_fields(m.samples_s, prep.batch, outputs, prep.prepared.reference, prep.tolerance,
+                               vars(prep.tolerance), seed=cell.seed, task=task)
+    return base_record(cell, "ok", measured.pop("reason"), **ran, compile=compile_info, **measured,
+                       notes=prep.notes + [n for n in (m.note, meter.note) if n], coverage=ops_coverage,
+                       work=prep.work, energy=meter.result(prep.batch))
 
 
 def die_with_parent() -> None:

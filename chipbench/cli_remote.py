@@ -205,6 +205,7 @@ def rpc_status(tracker: Annotated[str, typer.Option("--tracker", help="The track
     import json
 
     from chipbench.cli import err, fail
+    from chipbench.backends.tvm_rpc import servers_under
     from chipbench.fleet import FleetError, tracker_summary
 
     address = _tracker_address(tracker)
@@ -214,7 +215,7 @@ def rpc_status(tracker: Annotated[str, typer.Option("--tracker", help="The track
         fail(str(exc))
     keys = sorted({s["key"].partition(":")[2] for s in summary.get("server_info", [])} | set(summary.get("queue_info", {})))
     for k in keys:
-        total = sum(1 for s in summary.get("server_info", []) if s.get("key") == f"server:{k}")
+        total = servers_under(summary, k)
         queue = summary.get("queue_info", {}).get(k, {})
         print(f"{k}\t{total} server(s)\t{queue.get('free', 0)} free\t{queue.get('pending', 0)} pending")
     err.print(json.dumps(summary), soft_wrap=True, markup=False)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from chipbench.backends.base import Arrays, ModelSource
-from chipbench.paths import atomic_write_bytes, atomic_write_text, cache_dir
+from chipbench.errors import one_line
+from chipbench.paths import atomic_write_bytes, atomic_write_text, cache_dir, sha256_file
 
 OPSET = 17
 EXPORTER = "torch.onnx.export (TorchScript)"
@@ -35,12 +36,6 @@ class Prepared:
     opset: int
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_key(workload, batch: int) -> dict:
@@ -91,7 +86,7 @@ def onnx_proto(workload, model, batch: int):
         onnx.checker.check_model(proto)
         return onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     except Exception as exc:
-        raise PrepareError(f"ONNX export of {workload.name} failed: {_one_line(exc)}") from None
+        raise PrepareError(f"ONNX export of {workload.name} failed: {one_line(exc, 300)}") from None
 
 
 def reference_outputs(workload, inputs: Arrays, model=None) -> Arrays:
@@ -140,8 +135,3 @@ def prepare_workload(workload, batch: int, seed: int) -> Prepared:
     source = ModelSource(name=workload.name, onnx_path=path, input_names=tuple(workload.input_names),
                          output_names=tuple(workload.output_names), build_torch=workload.build)
     return Prepared(source, inputs, reference, ref_key["onnx_sha256"], EXPORTER, OPSET)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from chipbench.backends.base import Arrays
-from chipbench.paths import atomic_write_bytes, atomic_write_text, cache_dir
+from chipbench.paths import atomic_write_bytes, atomic_write_text, cache_dir, sha256_file
 
 INT8_RECIPE = {"format": "QDQ", "per_channel": True, "activations": "QInt8", "weights": "QInt8",
                "calibration": "MinMax", "preprocess": "quant_pre_process"}
@@ -35,10 +35,6 @@ def _cached(kind: str, key: dict, make: Callable[[Path], None]) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def int8_model(onnx_path: Path, calibration: Callable[[], list[Arrays]], calibration_key: dict) -> Path:
     """The QDQ int8 model calibrated on `calibration()` batches."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -57,7 +53,7 @@ def int8_model(onnx_path: Path, calibration: Callable[[], list[Arrays]], calibra
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
 
-    key = {"model": _sha256(onnx_path), "recipe": INT8_RECIPE, "calibration": calibration_key}
+    key = {"model": sha256_file(onnx_path), "recipe": INT8_RECIPE, "calibration": calibration_key}
     return _cached("int8", key, make)
 
 
@@ -69,4 +65,4 @@ def fp16_model(onnx_path: Path) -> Path:
         model = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
         onnx.save(model, str(out))
 
-    return _cached("fp16", {"model": _sha256(onnx_path), "recipe": FP16_RECIPE}, make)
+    return _cached("fp16", {"model": sha256_file(onnx_path), "recipe": FP16_RECIPE}, make)

@@ -5,33 +5,17 @@ numpy and a backend's runtime. `chipbench.cell` builds the same fields for in-pr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from chipbench.accuracy import check, fidelity
+from chipbench.accuracy import Tolerance, check, fidelity
+from chipbench.energy import Meter, meter_for
+from chipbench.scenarios import Measurement, MeasureSettings, measure, measure_on_device
 from chipbench.stats import LatencyStats
 
-
-@dataclass(frozen=True)
-class Gate:
-    """Fidelity tolerance as `chipbench.accuracy.check` reads it (the workload's per-precision
-    `Tolerance`, carried in a bundle's manifest as a dict)."""
-
-    max_abs: float
-    rel_l2: float
-    min_cosine: float
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Gate:
-        """None (JSON's stand-in for an unbounded tolerance) becomes +inf / -inf."""
-        def bound(key, unbounded):
-            value = data.get(key)
-            return unbounded if value is None else float(value)
-
-        return cls(bound("max_abs", float("inf")), bound("rel_l2", float("inf")), bound("min_cosine", float("-inf")))
+Arrays = dict[str, np.ndarray]
 
 
 def finite(value: Any) -> Any:
@@ -43,21 +27,39 @@ def finite(value: Any) -> Any:
     return value
 
 
+def timed_run(run: Callable[[Arrays], Arrays], timer: Callable[[Arrays, int], list[float]] | None,
+              inputs: Arrays, settings: MeasureSettings, device: Mapping[str, Any] | None,
+              timer_untimed_calls: int = 0) -> tuple[Measurement, Meter]:
+    """Time `inputs` as the scenario's settings say, by the device's own clock when there is a
+    `timer` (transfers and the network stay outside the samples), else by the host clock around
+    `run`; on a CUDA device the meter measures the energy of every query meanwhile (see
+    chipbench.energy). Returns the measurement and the meter (its `result(batch)`, `note`)."""
+    meter = meter_for(device)
+    with meter:
+        if timer is not None:
+            m = measure_on_device(meter.timer(lambda n: timer(inputs, n), timer_untimed_calls), settings)
+        else:
+            m = measure(meter.query(lambda: run(inputs)), settings)
+    return m, meter
+
+
 def measured_fields(samples_s: list[float], batch: int, outputs: Mapping[str, np.ndarray],
-                    reference: Mapping[str, np.ndarray], gate: Gate, tolerance: Mapping[str, Any],
-                    seed: int = 0) -> dict[str, Any]:
+                    reference: Mapping[str, np.ndarray], gate: Tolerance, tolerance: Mapping[str, Any],
+                    seed: int = 0, task: dict[str, Any] | None = None) -> dict[str, Any]:
     """latency (ms statistics of `samples_s`, seconds per query), throughput (batch × queries /
     summed query seconds, samples/s), accuracy (fidelity of `outputs` to `reference` against
-    `gate`: an output missing or misshapen fails it) and the verdict (INVALID when any gate
-    fails), as RunRecord keyword arguments. ValueError when there are no samples."""
+    `gate`: an output missing or misshapen fails it; and the task metric's result `task` with
+    its failures, where there is one) and the verdict (INVALID when any gate fails), as
+    RunRecord keyword arguments. ValueError when there are no samples."""
     fid = fidelity(outputs, reference)
-    failures = check(fid, gate)
+    failures = check(fid, gate) + list((task or {}).get("failures", []))
     stats = LatencyStats.from_samples(samples_s, seed=seed)
     return {
         "latency": stats.to_dict(),
+        # samples per second: the batch that ran, never a guess from an input's first dimension
         "throughput": {"value": batch * len(samples_s) / float(np.sum(samples_s)), "unit": "samples/s"},
         "accuracy": finite({"fidelity": fid.to_dict(), "tolerance": dict(tolerance), "failures": failures,
-                            "task": None}),
+                            "task": task}),
         "verdict": "INVALID" if failures else "VALID",
         "reason": "; ".join(failures) or None,
     }

@@ -216,7 +216,7 @@ def folder_bytes(folder: Path) -> int:
 
 def checkout_bytes(exclude: Path) -> int:
     """Bytes of what travels of the checkout: tracked files and untracked ones git does not
-    ignore (as the device tool copies it), `exclude` left aside."""
+    ignore (what travels to the GPU machine), `exclude` left aside."""
     proc = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True)
     total = 0
     for name in proc.stdout.decode().split("\0"):

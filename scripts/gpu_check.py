@@ -53,7 +53,7 @@ FORMAT = "chipbench-gpu-check"
 # what the bundle runner may import from this machine beside the kit: numpy (needed), NVML
 # (GPU description and energy) and psutil (the machine's description), where installed
 RUNNER_DEPS = ("numpy", "pynvml", "psutil")
-EXPORT_LIMIT = 15 * 2**20  # bytes a file sent back may hold (the device tool returns up to 16 MiB)
+EXPORT_LIMIT = 15 * 2**20  # bytes a file sent back may hold (a GPU check machine returns files up to 16 MiB)
 
 
 def _torch_check():

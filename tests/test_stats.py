@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 
-from chipbench.accuracy import Fidelity, check, fidelity
+from chipbench.accuracy import Fidelity, Tolerance, check, fidelity
 from chipbench.stats import LatencyStats, bootstrap_median_ci
-from chipbench.workloads.base import Tolerance
 
 
 def test_order_statistics_match_numpy_in_milliseconds():

@@ -20,16 +20,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from chipbench.accuracy import Tolerance
 from chipbench.plugins import load_plugins
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Fidelity gate against the FP32 torch reference on the same inputs."""
-
-    max_abs: float
-    rel_l2: float
-    min_cosine: float
 
 
 DEFAULT_TOLERANCES = {
