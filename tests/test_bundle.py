@@ -130,12 +130,11 @@ def test_the_runner_loads_neither_torch_onnx_nor_the_tvm_compiler(bundles, backe
         assert "tvm" not in seen["modules"] and "onnxruntime" in seen["modules"]
 
 
-@pytest.fixture(scope="module")
-def kit(tmp_path_factory):
-    """The runtime kit for this Python, and a folder that holds numpy only (the device's own)."""
+def kit_and_numpy(root: Path):
+    """The runtime kit for this Python in `root/kit`, and `root/deps`: a folder that holds numpy
+    only (what a bare device brings of its own)."""
     from chipbench.runtime_kit import build_kit
 
-    root = tmp_path_factory.mktemp("kit")
     made = build_kit(root / "kit")
     deps = root / "deps"
     deps.mkdir()
@@ -143,6 +142,13 @@ def kit(tmp_path_factory):
     for name in ("numpy", "numpy.libs"):
         if (site / name).exists():
             (deps / name).symlink_to(site / name)
+    return made, deps
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    """The runtime kit, and an environment that sees nothing but it and numpy."""
+    made, deps = kit_and_numpy(tmp_path_factory.mktemp("kit"))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
            "PYTHONPATH": f"{made.folder / 'python'}{os.pathsep}{deps}", "TVM_USE_RUNTIME_LIB": "1"}
     return made, env

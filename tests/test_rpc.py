@@ -200,23 +200,16 @@ def test_a_server_killed_mid_sweep_costs_only_the_cell_it_served(tracker, tmp_pa
 def test_a_board_with_only_the_runtime_kit_serves_cells_compiled_for_a_given_target(tracker, tmp_path):
     """`kit/rpc-serve` on a Python that sees nothing but the kit and numpy (no torch, no ONNX,
     no TVM compiler, no psutil): it reports no LLVM target, so the host is told one."""
-    import numpy as np
+    from test_bundle import kit_and_numpy
 
     from chipbench.accuracy import fidelity
     from chipbench.backends.base import CompileSpec, Unsupported, get_backend
     from chipbench.backends.tvm import host_target
     from chipbench.cell import prepare
     from chipbench.device import Device
-    from chipbench.runtime_kit import build_kit
     from chipbench.suite import Cell
 
-    kit = build_kit(tmp_path / "kit")
-    deps = tmp_path / "deps"
-    deps.mkdir()
-    site = Path(np.__file__).resolve().parent.parent
-    for name in ("numpy", "numpy.libs"):
-        if (site / name).exists():
-            (deps / name).symlink_to(site / name)
+    kit, deps = kit_and_numpy(tmp_path)
     port = free_port()
     board = subprocess.Popen([str(kit.folder / "rpc-serve"), "--tracker", tracker.address, "--key", "kit",
                               "--port", str(port), "--port-end", str(port + 1)],
