@@ -12,6 +12,7 @@ import numpy as np
 
 from chipbench.accuracy import Tolerance, check, fidelity
 from chipbench.energy import Meter, meter_for
+from chipbench.samples import encode as encode_samples
 from chipbench.scenarios import Measurement, MeasureSettings, measure, measure_on_device
 from chipbench.stats import LatencyStats
 
@@ -46,7 +47,8 @@ def timed_run(run: Callable[[Arrays], Arrays], timer: Callable[[Arrays, int], li
 def measured_fields(samples_s: list[float], batch: int, outputs: Mapping[str, np.ndarray],
                     reference: Mapping[str, np.ndarray], gate: Tolerance, tolerance: Mapping[str, Any],
                     seed: int = 0, task: dict[str, Any] | None = None) -> dict[str, Any]:
-    """latency (ms statistics of `samples_s`, seconds per query), throughput (batch × queries /
+    """latency (ms statistics of `samples_s`, seconds per query, with the raw samples kept in
+    `latency["samples"]`, chipbench.samples' encoding), throughput (batch × queries /
     summed query seconds, samples/s), accuracy (fidelity of `outputs` to `reference` against
     `gate`: an output missing or misshapen fails it; and the task metric's result `task` with
     its failures, where there is one) and the verdict (INVALID when any gate fails), as
@@ -55,7 +57,7 @@ def measured_fields(samples_s: list[float], batch: int, outputs: Mapping[str, np
     failures = check(fid, gate) + list((task or {}).get("failures", []))
     stats = LatencyStats.from_samples(samples_s, seed=seed)
     return {
-        "latency": stats.to_dict(),
+        "latency": {**stats.to_dict(), "samples": encode_samples(samples_s)},
         # samples per second: the batch that ran, never a guess from an input's first dimension
         "throughput": {"value": batch * len(samples_s) / float(np.sum(samples_s)), "unit": "samples/s"},
         "accuracy": finite({"fidelity": fid.to_dict(), "tolerance": dict(tolerance), "failures": failures,

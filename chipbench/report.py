@@ -61,6 +61,15 @@ def fmt_bytes(n: int | None) -> str:
     return str(n)
 
 
+def p99_summary(latency: dict) -> str:
+    """p99 with its early-stopping bound, "1.23 ms (≤ 1.31 at 99 %)", or "not estimable (n = 20 <
+    662)" (chipbench.tails); a record without tails (older ones) shows its bare p99."""
+    from chipbench.tails import describe
+
+    tail = (latency.get("tails") or {}).get("p99")
+    return describe(tail) if tail else fmt_ms(latency["p99"])
+
+
 def cell_summary(rec: RunRecord | None) -> dict[str, str]:
     """The few strings a table cell shows."""
     if rec is None:
@@ -71,7 +80,7 @@ def cell_summary(rec: RunRecord | None) -> dict[str, str]:
     untuned = "untuned" if (rec.backend.get("pipeline") or "").endswith("(untuned)") else ""
     return {
         "p50": fmt_ms(rec.latency["median"]),
-        "p99": fmt_ms(rec.latency["p99"]),
+        "p99": p99_summary(rec.latency),
         "tput": fmt_num(rec.throughput["value"], 4),
         "fid": fmt_num(fid.get("rel_l2"), 2),
         "verdict": rec.verdict or "",

@@ -1,15 +1,20 @@
-"""Latency statistics: exact order statistics plus a bootstrap confidence interval of the median."""
+"""Latency statistics: exact order statistics plus a bootstrap confidence interval of the median,
+and the tail percentiles with LoadGen's early-stopping bound (chipbench.tails)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from chipbench.tails import TailEstimate, tails
 
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Per-query latency in milliseconds."""
+    """Per-query latency in milliseconds. p90/p99/p999 are numpy's interpolated sample
+    percentiles whatever the count; `tails` holds the same three with their early-stopping
+    upper bounds, or "not estimable" where the count cannot support them (chipbench.tails)."""
 
     count: int
     median: float
@@ -21,6 +26,8 @@ class LatencyStats:
     max: float
     median_ci95: tuple[float, float]
     unit: str = "ms"
+    p999: float | None = None
+    tails: dict[str, TailEstimate] = field(default_factory=dict)
 
     @classmethod
     def from_samples(cls, seconds: np.ndarray | list[float], seed: int = 0, resamples: int = 1000) -> LatencyStats:
@@ -37,11 +44,14 @@ class LatencyStats:
             min=float(ms.min()),
             max=float(ms.max()),
             median_ci95=bootstrap_median_ci(ms, seed=seed, resamples=resamples),
+            p999=float(np.percentile(ms, 99.9)),
+            tails=tails(ms),
         )
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["median_ci95"] = list(self.median_ci95)
+        d["tails"] = {name: t.to_dict() for name, t in self.tails.items()}
         return d
 
 

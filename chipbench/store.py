@@ -1,7 +1,9 @@
 """The results store: one JSON file per run plus an SQLite index, append-only.
 
 A record is written to `runs/<id>.json` first (atomic rename), then indexed; the JSON files
-are the truth and the index can always be rebuilt from them (`chipbench store rebuild`).
+are the truth and the index can always be rebuilt from them (`chipbench store rebuild`). The
+index row holds the record without its raw latency samples' data (`ResultsStore.samples`
+reads them from the JSON file).
 Nothing is ever replaced: a rerun of a cell adds a record and `latest()` picks the newest per
 cell. Cells write their record into `incoming/` before the sweep stores it, so a record
 measured just before the CLI died is indexed by the next run (`sync()`).
@@ -16,8 +18,15 @@ from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from chipbench.paths import atomic_write_text
 from chipbench.record import RunRecord
+from chipbench.samples import SamplesError
+from chipbench.samples import decode as decode_samples
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -102,7 +111,7 @@ class ResultsStore:
 
     def _index(self, record: RunRecord, text: str, conn: sqlite3.Connection | None = None) -> None:
         row = (record.id, record.created, record.workload["name"], record.backend["name"], record.precision,
-               record.batch, record.scenario["name"], record.status, record.verdict, text)
+               record.batch, record.scenario["name"], record.status, record.verdict, index_text(text))
         # the id is unique per run: indexing a record twice (sync after a crash) keeps one row
         sql = "INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)"
         if conn is not None:
@@ -190,12 +199,42 @@ class ResultsStore:
             count = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
         return count, moved
 
+    def samples(self, record: RunRecord) -> np.ndarray | None:
+        """The record's raw per-query latencies in seconds (run order), or None when it kept none
+        (older records). The index row holds only their count; the data is read from the
+        record's JSON file. Raises StoreError when that file is gone or its samples are damaged."""
+        stored = (record.latency or {}).get("samples")
+        if stored is None:
+            return None
+        if "data" not in stored:
+            path = self.runs_dir / f"{record.id}.json"
+            try:
+                stored = (json.loads(path.read_text()).get("latency") or {}).get("samples") or {}
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{path}: cannot read the raw samples of record {record.id} ({exc})") from None
+        try:
+            return decode_samples(stored)
+        except SamplesError as exc:
+            raise StoreError(f"record {record.id}: {exc}") from None
+
     def _read_file(self, path: Path) -> RunRecord | None:
         try:
             return RunRecord.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, TypeError, KeyError) as exc:
             self.unreadable.append(f"{path}: {type(exc).__name__}: {str(exc)[:120]}")
             return None
+
+
+def index_text(text: str) -> str:
+    """A record's JSON for its index row: the raw latency samples' data left out (their
+    encoding, unit and count stay), so reading the index for a report stays fast however long
+    the runs were; the record's JSON file keeps them (`ResultsStore.samples`)."""
+    data = json.loads(text)
+    samples = (data.get("latency") or {}).get("samples") if isinstance(data, dict) else None
+    if not isinstance(samples, dict) or "data" not in samples:
+        return text
+    samples.pop("data")
+    return json.dumps(data, sort_keys=True, allow_nan=False)
 
 
 def canonical(value: object) -> str:
