@@ -539,6 +539,9 @@ def main() -> None:
 from chipbench.cli_remote import register as _register_remote  # noqa: E402  (bundle, import, runtime-kit, rpc)
 
 _register_remote(app)
+from chipbench.cli_compare import register as _register_compare  # noqa: E402  (compare)
+
+_register_compare(app)
 
 if __name__ == "__main__":
     main()
