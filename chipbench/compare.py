@@ -17,11 +17,10 @@ Introduction to the Bootstrap*, 1993, ch. 13, percentile intervals).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,10 +120,13 @@ def match_key(rec: RunRecord, with_host: bool) -> str:
     params, backend, configuration bar how long it was measured, device, precision, batch,
     scenario), without the machine when the comparison is between machines. The git commit is
     never part of it."""
-    key = json.loads(rec.cell_key())
-    if not with_host:
-        key[6] = None  # cell_key's hostname slot
-    return json.dumps(key, sort_keys=True)
+    if with_host:
+        return rec.cell_key()
+    prov = dict(rec.provenance)
+    prov["machine"] = {**(prov.get("machine") or {}), "hostname": None}
+    if isinstance(prov.get("device"), dict) and prov["device"].get("machine"):
+        prov["device"] = {**prov["device"], "machine": {**prov["device"]["machine"], "hostname": None}}
+    return replace(rec, provenance=prov).cell_key()
 
 
 def newest_per_cell(records: Iterable[RunRecord], with_host: bool) -> dict[str, RunRecord]:
@@ -356,6 +358,10 @@ def compare_cell(base: Side, new: Side, rb: RunRecord, rn: RunRecord, threshold:
         return c, None
     c.median_base_ms, c.median_new_ms = rb.latency["median"], rn.latency["median"]
     c.n_base, c.n_new = rb.latency.get("count"), rn.latency.get("count")
+    if not (c.median_base_ms > 0 and c.median_new_ms > 0):
+        c.verdict = "not compared (a median of zero)"
+        c.accuracy_change = _accuracy_change(c)
+        return c, None
     sb, sn = _samples(base, rb), _samples(new, rn)
     if sb is None or sn is None:
         s = Speedup(c.median_base_ms / c.median_new_ms)
