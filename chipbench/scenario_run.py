@@ -58,10 +58,14 @@ def run_cell_scenario(cell, prep, compiled, device: dict | None) -> ScenarioResu
     meter = meter_for(device)
     samples = sample_set(prep, cell.seed)
     arrival = arrival_for(settings, prep.workload, cell.scenario)
+    notes = []
+    if compiled.canned:  # fixed outputs by design (harness overhead): checking them would say nothing
+        settings = replace(settings, accuracy_log_probability=0.0)
+        notes.append("timed responses not checked: the backend returns canned outputs whatever the input")
     with meter:
         lgrun = run_scenario(cell.scenario, _counted(meter, compiled.run), samples, prep.batch, settings, arrival,
                              prep.tolerance, cell.seed)
-    result = ScenarioResult(lgrun.samples_s, lgrun.record(), list(lgrun.notes), meter, lgrun.accuracy_failure)
+    result = ScenarioResult(lgrun.samples_s, lgrun.record(), notes + list(lgrun.notes), meter, lgrun.accuracy_failure)
     _served_rate(cell.scenario, lgrun, prep.batch, result)
     _bare_loop(cell, compiled, prep, lgrun, result)
     return result
