@@ -111,6 +111,7 @@ class Compiled:
     timer_untimed_calls: int = 0  # device calls each timer round makes outside its samples (time_evaluator: 1)
     profile: Callable[[Arrays, int], Any] | None = None
     export: Callable[[Path], dict[str, Any]] | None = None
+    canned: bool = False  # returns fixed outputs whatever the input (the null backend): timed responses are not checked
 
 
 @runtime_checkable

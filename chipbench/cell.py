@@ -25,7 +25,7 @@ from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
 from chipbench.prepare import Prepared, prepare_workload, sha256_file
 from chipbench.record import RunRecord
-from chipbench.recording import finite, measured_fields, timed_run
+from chipbench.recording import finite, measured_fields
 from chipbench.scenarios import batch_for
 from chipbench.suite import Cell
 from chipbench.taskeval import calibration_for, task_accuracy
@@ -41,7 +41,7 @@ def base_record(cell: Cell, status: str, reason: str | None = None, **extra) -> 
         backend=extra.pop("backend", {"name": cell.backend, "versions": {}}),
         precision=extra.pop("precision", cell.precision),
         batch=extra.pop("batch", None) or batch_for(cell.scenario, cell.batch, cell.settings),
-        scenario={"name": cell.scenario, "settings": cell.settings.to_dict()},
+        scenario=extra.pop("scenario", None) or {"name": cell.scenario, "settings": cell.settings.to_dict()},
         status=status,
         reason=reason,
         provenance={
@@ -264,18 +264,28 @@ def _profile(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_inf
 
 
 def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_info, ops_coverage):
+    from chipbench.scenario_run import run_cell_scenario
+
     inputs = prep.prepared.inputs
     outputs = compiled.run(inputs)
     task = None
     if prep.workload is not None and prep.workload.task_metric and cell.task_samples > 0:
         task = task_accuracy(compiled.run, prep.workload, prep.batch, cell.task_samples)
-    m, meter = timed_run(compiled.run, compiled.timer, inputs, cell.settings, ran["provenance"].get("device"),
-                         compiled.timer_untimed_calls)
-    measured = measured_fields(m.samples_s, prep.batch, outputs, prep.prepared.reference, prep.tolerance,
+    timed = run_cell_scenario(cell, prep, compiled, ran["provenance"].get("device"))
+    meter = timed.meter
+    measured = measured_fields(timed.samples_s, prep.batch, outputs, prep.prepared.reference, prep.tolerance,
                                vars(prep.tolerance), seed=cell.seed, task=task)
+    measured["latency"].update(timed.latency_extra)
+    if timed.throughput:
+        measured["throughput"] = timed.throughput
+    if timed.accuracy_failure:  # responses from the timed run missed the gate (MLPerf TEST01)
+        measured["accuracy"]["failures"].append(timed.accuracy_failure)
+        measured["verdict"] = "INVALID"
+        measured["reason"] = "; ".join(measured["accuracy"]["failures"])
+    scenario = {"name": cell.scenario, "settings": cell.settings.to_dict(), "loadgen": timed.loadgen}
     return base_record(cell, "ok", measured.pop("reason"), **ran, compile=compile_info, **measured,
-                       notes=prep.notes + [n for n in (m.note, meter.note) if n], coverage=ops_coverage,
-                       work=prep.work, energy=meter.result(prep.batch))
+                       scenario=scenario, notes=prep.notes + timed.notes + [n for n in (meter.note,) if n],
+                       coverage=ops_coverage, work=prep.work, energy=meter.result(prep.batch))
 
 
 def die_with_parent() -> None:

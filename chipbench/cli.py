@@ -78,11 +78,15 @@ def run(
     inputs: Annotated[Optional[list[str]], typer.Option("--input", help="NAME=SHAPE[:DTYPE] (or NAME:SHAPE[:DTYPE]) for a model input (repeatable).")] = None,
     input_data: Annotated[Optional[Path], typer.Option("--input-data", help="The model's inputs: .npz, .npy, .pb or a test-data folder.")] = None,
     expected: Annotated[Optional[Path], typer.Option("--expected", help="Expected outputs on --input-data (else ONNX Runtime CPU is the reference).")] = None,
-    scenario: Annotated[Optional[list[str]], typer.Option("--scenario", help="single-stream, offline (comma-separated).")] = None,
+    scenario: Annotated[Optional[list[str]], typer.Option("--scenario", help="single-stream, multi-stream, server, offline, fixed-rate (comma-separated).")] = None,
     precision: Annotated[Optional[list[str]], typer.Option("--precision", help="fp32, fp16, bf16, int8.")] = None,
     batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Offline batch size.")] = None,
     min_duration: Annotated[Optional[float], typer.Option("--min-duration", min=0.0, help="Seconds each cell measures at least.")] = None,
     min_count: Annotated[Optional[int], typer.Option("--min-count", min=1, help="Queries each cell measures at least.")] = None,
+    target_qps: Annotated[Optional[float], typer.Option("--target-qps", callback=_positive, help="Server: Poisson arrival rate, queries/s (default: the workload's line rate).")] = None,
+    rate: Annotated[Optional[float], typer.Option("--rate", callback=_positive, help="fixed-rate: constant arrival rate, Hz (default: the workload's line rate).")] = None,
+    find_peak: Annotated[bool, typer.Option("--find-peak", help="Server: find the highest rate meeting the workload's latency bound (LoadGen's peak search).")] = False,
+    samples_per_query: Annotated[Optional[int], typer.Option("--samples-per-query", min=1, help="multi-stream: samples a query (default 8).")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", callback=_positive, help="Seconds before a cell is killed.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0)] = None,
     task_samples: Annotated[Optional[int], typer.Option("--task-samples", min=0, help="Test samples for the task metric (0: fidelity only).")] = None,
@@ -117,7 +121,10 @@ def run(
             fail("give --suite FILE, --model FILE with -b BACKEND, or both -w WORKLOAD and -b BACKEND")
         if model is None and (inputs or input_data or expected):
             fail("--input, --input-data and --expected go with --model")
+        scenario_flags(cells, target_qps, rate, find_peak, samples_per_query)
         cells = with_overrides(cells, batch=batch, min_duration_s=min_duration, min_count=min_count,
+                               target_qps=target_qps, rate_hz=rate, find_peak=find_peak or None,
+                               samples_per_query=samples_per_query,
                                timeout_s=timeout, seed=seed, task_samples=task_samples,
                                tuning_db=str(tuning_db) if tuning_db else None, device=device, target=target)
         for cell in cells:
@@ -542,6 +549,9 @@ _register_remote(app)
 from chipbench.cli_compare import register as _register_compare  # noqa: E402  (compare)
 
 _register_compare(app)
+from chipbench.cli_loadgen import register as _register_loadgen, scenario_flags  # noqa: E402
+
+_register_loadgen(app)
 
 if __name__ == "__main__":
     main()

@@ -83,7 +83,7 @@ def cell_summary(rec: RunRecord | None) -> dict[str, str]:
         "p99": p99_summary(rec.latency),
         "tput": fmt_num(rec.throughput["value"], 4),
         "fid": fmt_num(fid.get("rel_l2"), 2),
-        "verdict": rec.verdict or "",
+        "verdict": (rec.verdict or "") + issuer_verdict(rec),
         "untuned": untuned,
     }
 
@@ -125,6 +125,17 @@ def build_tables(records: list[RunRecord]) -> list[Table]:
             by_backend = {r.backend["name"]: r for r in group if r.workload["name"] == workload}
             table.rows.append((workload, [by_backend.get(b) for b in table.backends]))
     return list(tables.values())
+
+
+def issuer_verdict(rec: RunRecord) -> str:
+    """" · LoadGen VALID" (or the fixed-rate issuer's verdict) where the scenario's issuer gave
+    one, with its first reason when INVALID; "" otherwise (the device clock, older records)."""
+    lg = (rec.scenario or {}).get("loadgen") or {}
+    if not lg.get("result"):
+        return ""
+    who = "LoadGen" if lg.get("issuer") == "loadgen" else "issuer"
+    reason = f": {lg['reasons'][0]}" if lg["result"] != "VALID" and lg.get("reasons") else ""
+    return f" · {who} {lg['result']}{reason[:80]}"
 
 
 @dataclass

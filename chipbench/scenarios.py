@@ -1,4 +1,8 @@
-"""MLPerf-named scenarios. SingleStream: one sample per query, latency. Offline: batch B, throughput.
+"""MLPerf-named scenarios. SingleStream: one sample per query, latency. MultiStream: a query of
+`samples_per_query` samples (8 by default), latency of the whole query. Server: Poisson arrivals at
+a target rate, latency under a bound at a percentile. Offline: batch B, throughput. fixed-rate:
+constant inter-arrival at `rate_hz` (a camera or a sensor line). Host-clock cells run them through
+MLPerf LoadGen (chipbench.loadgen; fixed-rate through chipbench.fixed_rate).
 
 The timed loop is kept bare (a clock read and an append per query) so that the harness's own
 overhead, measured with the null backend, stays far below what any real backend takes.
@@ -10,7 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-SCENARIOS = ("single-stream", "offline")
+SCENARIOS = ("single-stream", "multi-stream", "server", "offline", "fixed-rate")
+DEFAULT_SAMPLES_PER_QUERY = 8  # MLPerf MultiStream
 
 
 @dataclass(frozen=True)
@@ -19,7 +24,15 @@ class MeasureSettings:
     untimed. Then each query is timed alone (a clock read before and after it, in seconds)
     until at least `min_count` queries and `min_duration_s` seconds are measured, or
     `max_count` queries; a slow cell stops at `max_duration_s` with at least 3 queries, and the
-    record says so. Offline queries carry `offline_batch` samples unless the cell sets a batch."""
+    record says so. Offline queries carry `offline_batch` samples unless the cell sets a batch.
+
+    Through LoadGen, min_count/max_count are its min/max query counts and min/max_duration_s its
+    min/max durations. The arrival settings default to None, meaning the workload's own
+    (`Workload.arrival`): `samples_per_query` (MultiStream, else 8), `target_qps` (Server, queries
+    per second), `rate_hz` (fixed-rate, queries per second), `latency_bound_ms` and `percentile`
+    (the bound the Server and fixed-rate verdicts check, e.g. 33 ms at p99), `find_peak` (Server:
+    search the highest rate meeting the bound), `accuracy_log_probability` (share of timed
+    responses checked against the reference, 0..1; None = 0.05)."""
 
     warmup_count: int = 3
     warmup_s: float = 0.2
@@ -28,6 +41,13 @@ class MeasureSettings:
     max_duration_s: float = 60.0  # a slow cell stops here (with at least 3 samples), saying so
     max_count: int = 100_000  # a fast cell has enough samples here, whatever the duration
     offline_batch: int = 8
+    samples_per_query: int | None = None
+    target_qps: float | None = None
+    rate_hz: float | None = None
+    latency_bound_ms: float | None = None
+    percentile: float | None = None
+    find_peak: bool = False
+    accuracy_log_probability: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,8 +123,13 @@ def measure_on_device(timer: Callable[[int], list[float]], settings: MeasureSett
 
 
 def batch_for(scenario: str, batch: int | None, settings: MeasureSettings) -> int:
-    if scenario == "single-stream":
+    """Samples per compiled query: 1 for single-stream, server and fixed-rate (one sample a
+    query), `samples_per_query` (8 by default) for multi-stream, the cell's batch or
+    `offline_batch` for offline. ValueError for an unknown scenario."""
+    if scenario in ("single-stream", "server", "fixed-rate"):
         return 1
+    if scenario == "multi-stream":
+        return batch or settings.samples_per_query or DEFAULT_SAMPLES_PER_QUERY
     if scenario == "offline":
         return batch or settings.offline_batch
     raise ValueError(f"unknown scenario '{scenario}' (known: {', '.join(SCENARIOS)})")

@@ -104,6 +104,7 @@ def check_cell(cell: Cell) -> None:
         raise SuiteError(f"unknown precision '{cell.precision}' (known: {', '.join(PRECISIONS)})")
     if cell.scenario not in SCENARIOS:
         raise SuiteError(f"unknown scenario '{cell.scenario}' (known: {', '.join(SCENARIOS)})")
+    _check_arrival_settings(cell)
     if cell.settings.max_count < cell.settings.min_count:
         raise SuiteError(f"max_count ({cell.settings.max_count}) is below min_count ({cell.settings.min_count})")
     if cell.device is not None:
@@ -113,6 +114,34 @@ def check_cell(cell: Cell) -> None:
             Device.parse(cell.device)
         except DeviceError as exc:
             raise SuiteError(str(exc).replace("--device", "device", 1)) from None
+
+
+# the scenario settings that may be None (the workload's): name -> (type, low, high, inclusive low)
+_OPTIONAL_SETTINGS: dict[str, tuple[type, float, float, bool]] = {
+    "samples_per_query": (int, 1, float("inf"), True), "target_qps": (float, 0, float("inf"), False),
+    "rate_hz": (float, 0, float("inf"), False), "latency_bound_ms": (float, 0, float("inf"), False),
+    "percentile": (float, 0, 100, False), "accuracy_log_probability": (float, 0, 1, True),
+}
+
+
+def _check_arrival_settings(cell: Cell) -> None:
+    """The scenario settings (None = the workload's) of the right type and in range, and
+    find_peak a boolean that goes with the server scenario; SuiteError naming the field."""
+    settings = cell.settings
+    for name, (kind, low, high, inclusive) in _OPTIONAL_SETTINGS.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)):
+            raise SuiteError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if value < low or (value == low and not inclusive) or value > high or (high == 100 and value == high):
+            span = f"{'>=' if inclusive else '>'} {low:g}" + (f" and {'<' if high == 100 else '<='} {high:g}" if high != float("inf") else "")
+            raise SuiteError(f"{name} must be {span}, got {value!r}")
+    if not isinstance(settings.find_peak, bool):
+        raise SuiteError(f"find_peak must be true or false, got {settings.find_peak!r}")
+    if settings.find_peak and cell.scenario != "server":
+        raise SuiteError(f"find_peak goes with the server scenario, not {cell.scenario}")
 
 
 def expand(workloads: list[str], backends: list[str], precisions: list[str] | None = None,

@@ -47,6 +47,31 @@ class DataSource:
 
 
 @dataclass(frozen=True)
+class Arrival:
+    """How queries reach the model on the line it stands for: `rate_hz` queries per second
+    (a camera's frame rate, a sensor's window rate), and the latency the line tolerates,
+    `latency_bound_ms` at the `percentile`-th percentile (e.g. 33 ms at p99: one frame period at
+    30 fps). The Server scenario's default target rate and bound, and the fixed-rate scenario's
+    default rate and bound; `why` names where the numbers come from."""
+
+    rate_hz: float
+    latency_bound_ms: float
+    percentile: float = 99.0
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.rate_hz > 0 and self.latency_bound_ms > 0 and 0 < self.percentile < 100):
+            raise ValueError(f"arrival needs rate_hz > 0, latency_bound_ms > 0 and 0 < percentile < 100, got {self}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# A workload that names no line of its own: one query a second, answered within a second at p99.
+DEFAULT_ARRIVAL = Arrival(1.0, 1000.0, 99.0, "chipbench default: no line rate given")
+
+
+@dataclass(frozen=True)
 class Workload:
     """Base class. Subclasses set the class attributes and implement `build` and `make_inputs`."""
 
@@ -60,6 +85,8 @@ class Workload:
     tolerances: ClassVar[dict[str, Tolerance]] = DEFAULT_TOLERANCES
     # default number of samples per split when dataset(split) is called without n
     split_sizes: ClassVar[dict[str, int]] = {"train": 2048, "calibration": 256, "test": 1024}
+    # the line's arrival rate and latency bound (Server and fixed-rate defaults)
+    arrival: ClassVar[Arrival] = DEFAULT_ARRIVAL
 
     seed: int = 0
 
@@ -163,4 +190,4 @@ def get_workload(name: str, **overrides: Any) -> Workload:
     return cls(**overrides)
 
 
-__all__ = ["DataSource", "Tolerance", "Workload", "register", "get_workload", "workload_names"]
+__all__ = ["Arrival", "DataSource", "Tolerance", "Workload", "register", "get_workload", "workload_names"]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._common import input_rng
-from .base import DataSource, Workload, register
+from .base import Arrival, DataSource, Workload, register
 
 CLASSES = ("ok", "scratch", "pit", "inclusion", "crack", "stain")
 
@@ -40,6 +40,7 @@ class DefectCNN(Workload):
     """Surface-defect classification on a line camera: ResNet-50-style, 3x224x224 -> 6 logits.
 
     Fidelity only (seeded weights, BN statistics calibrated on generated surface tiles)."""
+    arrival = Arrival(30.0, 33.0, 99.0, "line-scan camera at 30 frames/s; a tile must be judged within one frame period (33 ms) so the reject gate keeps pace")
 
     name = "defect-cnn"
     scenario = ("Steel-strip line camera: classify each 224x224 surface tile as ok / scratch / "

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._common import input_rng, output
-from .base import DataSource, Workload, register
+from .base import Arrival, DataSource, Workload, register
 from .defect_cnn import CLASSES  # mask value k = CLASSES[k]; 0 ("ok") = background
 
 
@@ -26,6 +26,7 @@ from .defect_cnn import CLASSES  # mask value k = CLASSES[k]; 0 ("ok") = backgro
 class DefectSeg(Workload):
     """Pixel-level defect segmentation: 3x128x128 -> 6x128x128 logits (small U-Net).
     Trained at first use (train=False: seeded, untrained)."""
+    arrival = Arrival(10.0, 100.0, 99.0, "defect measurement on flagged tiles, about 10 a second; within one period (100 ms)")
 
     name = "defect-seg"
     scenario = ("Steel-strip inspection: outline defects pixel by pixel (background, scratch, pit, "

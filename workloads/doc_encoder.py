@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._common import input_rng
-from .base import Workload, register
+from .base import Arrival, Workload, register
 
 
 @register
@@ -24,6 +24,7 @@ from .base import Workload, register
 class DocEncoder(Workload):
     """BERT-base-style encoder: input_ids, attention_mask [B, 128] int64 ->
     last_hidden_state [B, 128, 768], pooled [B, 768]. Seeded weights, fidelity only."""
+    arrival = Arrival(2.0, 500.0, 99.0, "technicians searching logs, about 2 notes/s; an interactive answer within 500 ms")
 
     name = "doc-encoder"
     scenario = ("Maintenance-log understanding: embed 128-token technician notes for search and "

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._common import input_rng, output
-from .base import DataSource, Workload, register
+from .base import Arrival, DataSource, Workload, register
 from .defect_cnn import CLASSES, surface_source
 
 
@@ -26,6 +26,7 @@ from .defect_cnn import CLASSES, surface_source
 class EdgeInspect(Workload):
     """On-device inspection: 3x64x64 surface tile -> 6 logits, MobileNetV2-style (width 0.5).
     Trained at first use (train=False: seeded, untrained)."""
+    arrival = Arrival(30.0, 33.0, 99.0, "smart camera at 30 frames/s; verdict within one frame period (33 ms)")
 
     name = "edge-inspect"
     scenario = ("Smart camera at the strip line: classify 64x64 surface tiles ok / scratch / pit / "

@@ -24,13 +24,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._common import input_rng
-from .base import Workload, register
+from .base import Arrival, Workload, register
 
 
 @register
 @dataclass(frozen=True)
 class FactoryLLM(Workload):
     """Small Llama-style decoder, prefill graph (time to first token). Seeded, fidelity only."""
+    arrival = Arrival(1.0, 2000.0, 99.0, "one operator prompt a second; first token within 2 s (an interactive assistant)")
 
     name = "factory-llm"
     scenario = ("On-prem industrial assistant LLM: prefill of a 128-token operator prompt "

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from ._common import input_rng, output
-from .base import DataSource, Workload, register
+from .base import Arrival, DataSource, Workload, register
 
 
 @dataclass(frozen=True)
 class _RUL(Workload):
+    arrival = Arrival(10.0, 100.0, 99.0, "fleet gateway scoring 10 engine-cycle windows a second; within one period (100 ms)")
     input_names = ("sensors",)
     output_names = ("rul",)
     task_metric = "rmse"

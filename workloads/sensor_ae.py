@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._common import input_rng, output
-from .base import DataSource, Workload, register
+from .base import Arrival, DataSource, Workload, register
 
 # anomalous fraction per split: train on normal operation only
 ANOMALY_RATE = {"train": 0.0, "calibration": 0.0, "test": 0.5}
@@ -31,6 +31,7 @@ class SensorAE(Workload):
     anomaly score [B]. 1D-conv autoencoder (64/32 hidden channels, 8-channel latent at half
     the time resolution).
     Trained at first use on normal data (train=False: seeded, untrained)."""
+    arrival = Arrival(10.0, 100.0, 99.0, "plant historian pushing 10 windows/s (32 sensors); alarm within one period (100 ms)")
 
     name = "sensor-ae"
     scenario = ("Process-plant monitoring: flag anomalous 64-step windows of 32 sensors (drift, "

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._common import input_rng, output
-from .base import DataSource, Workload, register
+from .base import Arrival, DataSource, Workload, register
 
 STATES = ("steady", "setpoint_change", "oscillation", "stiction", "fouling")
 
@@ -27,6 +27,7 @@ STATES = ("steady", "setpoint_change", "oscillation", "stiction", "fouling")
 class SensorTransformer(Workload):
     """Process-state classification: [128 steps, 64 sensors] -> 5 logits, transformer encoder
     (d_model 64, 3 layers, 4 heads by default). Trained at first use (train=False: seeded)."""
+    arrival = Arrival(5.0, 200.0, 99.0, "control-room state classification at 5 windows/s; within one period (200 ms)")
 
     name = "sensor-transformer"
     scenario = ("Process-plant historian: classify 128-step windows of 64 correlated sensors as "

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._common import input_rng, output
-from .base import DataSource, Workload, register
+from .base import Arrival, DataSource, Workload, register
 
 CLASSES = ("normal", "outer_race", "inner_race", "ball")
 
@@ -27,6 +27,7 @@ CLASSES = ("normal", "outer_race", "inner_race", "ball")
 class VibrationCNN1D(Workload):
     """Bearing fault diagnosis: 1x2048 vibration window -> 4 logits (normal, outer race,
     inner race, ball). Trained at first use (train=False: seeded, untrained)."""
+    arrival = Arrival(10.0, 100.0, 99.0, "vibration sensor delivering 10 windows/s (overlapping 2048-sample windows at 12 kHz); verdict within one window period (100 ms)")
 
     name = "vibration-cnn1d"
     scenario = ("Rotating-machinery condition monitoring: classify 2048-sample bearing-housing "
