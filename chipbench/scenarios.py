@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-SCENARIOS = ("single-stream", "offline")
+SCENARIOS = ("single-stream", "offline", "generation")  # generation: chipbench.generation
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,20 @@ class MeasureSettings:
     max_duration_s: float = 60.0  # a slow cell stops here (with at least 3 samples), saying so
     max_count: int = 100_000  # a fast cell has enough samples here, whatever the duration
     offline_batch: int = 8
+    # generation (chipbench.generation): prompts of these lengths (tokens), distinct prompts
+    # per length, tokens generated per query
+    prompt_lens: tuple[int, ...] = (32, 64, 128, 256)
+    prompts_per_len: int = 2
+    output_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompt_lens, list):  # from TOML or JSON
+            object.__setattr__(self, "prompt_lens", tuple(self.prompt_lens))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["prompt_lens"] = list(self.prompt_lens)
+        return d
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,7 @@ def measure_on_device(timer: Callable[[int], list[float]], settings: MeasureSett
 
 
 def batch_for(scenario: str, batch: int | None, settings: MeasureSettings) -> int:
-    if scenario == "single-stream":
+    if scenario in ("single-stream", "generation"):
         return 1
     if scenario == "offline":
         return batch or settings.offline_batch
