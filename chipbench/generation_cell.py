@@ -168,7 +168,8 @@ def execute_generation(cell, backend, device, backend_info: dict, base_record) -
     from chipbench.cell import describe_device
 
     spec = CompileSpec(precision=cell.precision, batch=1, threads=cell.threads, device=device, target=cell.target,
-                       tuning_db=Path(cell.tuning_db) if cell.tuning_db else None)
+                       tuning_db=Path(cell.tuning_db) if cell.tuning_db else None,
+                       options={"dynamic_shapes": True})
     example = decode_example(graphs, ref_prefill, prompts[0])
     try:
         decode = backend.compile(source_of(graphs.decode, decode_path), replace(
