@@ -7,6 +7,8 @@ tells LoadGen the first token with `FirstTokenComplete` and the whole response w
 `TestSettings.use_token_latencies = True`. The samples kept in the record are the SUT's own
 host-clock TTFT and latency of the same queries (LoadGen's per-query timestamps stay inside
 its detail log); LoadGen's settings, its result and its summary log are kept beside them.
+Queries rotate through the prompts in order (LoadGen's random sample index is not used), so
+every prompt length is measured as often as the others.
 
 Only the generation scenario's issuing lives here; the general LoadGen adapter for the other
 scenarios is `chipbench.loadgen`.
@@ -71,8 +73,9 @@ def loadgen_issue(one: Callable[[int, Callable[[int], None] | None], Generated],
                 keep.append(arr)
                 lg.FirstTokenComplete([lg.QuerySampleResponse(sid, arr.ctypes.data, arr.nbytes, 1)])
 
-            g = one(int(s.index), first)
-            queries.append((int(s.index), g))
+            i = len(queries) % len(prompts)  # rotate in order: every length as often (not LoadGen's random index)
+            g = one(i, first)
+            queries.append((i, g))
             out = np.asarray(g.tokens, np.int64)
             lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, out.ctypes.data, out.nbytes, len(g.tokens))])
             keep.clear()
