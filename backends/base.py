@@ -73,6 +73,8 @@ class CompileSpec:
     batch: int = 1
     device: Device = field(default_factory=Device)
     target: str | None = None  # overrides the target derived from `device`
+    # backend-specific options; one all may read: "dynamic_shapes": True, the inputs' sizes vary
+    # between calls (the generation scenario's prompt and past lengths)
     options: Mapping[str, Any] = field(default_factory=dict)
     tuning_db: Path | None = None  # MetaSchedule database directory
     threads: int | None = None

@@ -71,7 +71,8 @@ class _TorchBase:
         dtype = getattr(torch, _DTYPES[spec.precision])
         model = source.build_torch().eval().to(device=device, dtype=dtype)
         start = time.perf_counter()
-        fn = self._prepare(model)
+        dynamic = bool(spec.options.get("dynamic_shapes"))
+        fn = self._prepare(model, dynamic)
         compile_s = time.perf_counter() - start
         names = source.input_names
         out_names = source.output_names
@@ -97,7 +98,7 @@ class _TorchBase:
             run=run,
             compile_s=compile_s,
             target=extras.pop("target", "cpu"),
-            pipeline=self.pipeline + suffix,
+            pipeline=self.pipeline + suffix + (", dynamic shapes" if dynamic and self.compiled_mode else ""),
             details={"threads": torch.get_num_threads(), **details},
             **extras,
         )
@@ -255,7 +256,7 @@ class TorchEager(_TorchBase):
     description = "PyTorch eager mode, CPU"
     pipeline = "eager"
 
-    def _prepare(self, model):
+    def _prepare(self, model, dynamic: bool = False):
         return model
 
 
@@ -271,10 +272,13 @@ class TorchCompile(_TorchBase):
             return False, "inductor needs a C++ compiler (none on PATH)"
         return ok, reason
 
-    def _prepare(self, model):
+    def _prepare(self, model, dynamic: bool = False):
+        """Static shapes (one graph per shape), or with `dynamic` (CompileSpec option
+        "dynamic_shapes": sizes vary between calls, as a growing KV cache does) symbolic sizes,
+        so one compiled graph serves every length instead of recompiling per length."""
         import torch
 
-        return torch.compile(model, backend="inductor", dynamic=False)
+        return torch.compile(model, backend="inductor", dynamic=dynamic)
 
 
 @register("torch-eager-cuda")

@@ -211,6 +211,10 @@ def execute(cell: Cell) -> RunRecord:
         return base_record(cell, "unsupported", f"{cell.backend} runs on {', '.join(supported_kinds(backend))}, "
                            f"not {device}", backend=backend_info)
 
+    if cell.scenario == "generation":  # prefill + decode graphs, TTFT/TPOT (chipbench.generation_cell)
+        from chipbench.generation_cell import execute_generation
+
+        return execute_generation(cell, backend, device, backend_info, base_record)
     batch = batch_for(cell.scenario, cell.batch, cell.settings)
     try:
         prep = prepare(cell, batch)

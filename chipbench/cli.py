@@ -35,6 +35,19 @@ def _split(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
+def _prompt_lens(text: str | None) -> tuple[int, ...] | None:
+    """--prompt-lens 32,64: positive integers, else exit 2 naming the flag."""
+    if text is None:
+        return None
+    try:
+        lens = tuple(int(v) for v in _split([text]))
+    except ValueError:
+        lens = ()
+    if not lens or min(lens) < 1:
+        fail(f"--prompt-lens must be comma-separated integers >= 1, got {text!r}")
+    return lens
+
+
 @app.command("list")
 def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Workloads and backends, with each backend's availability and reason."""
@@ -78,7 +91,7 @@ def run(
     inputs: Annotated[Optional[list[str]], typer.Option("--input", help="NAME=SHAPE[:DTYPE] (or NAME:SHAPE[:DTYPE]) for a model input (repeatable).")] = None,
     input_data: Annotated[Optional[Path], typer.Option("--input-data", help="The model's inputs: .npz, .npy, .pb or a test-data folder.")] = None,
     expected: Annotated[Optional[Path], typer.Option("--expected", help="Expected outputs on --input-data (else ONNX Runtime CPU is the reference).")] = None,
-    scenario: Annotated[Optional[list[str]], typer.Option("--scenario", help="single-stream, multi-stream, server, offline, fixed-rate (comma-separated).")] = None,
+    scenario: Annotated[Optional[list[str]], typer.Option("--scenario", help="single-stream, multi-stream, server, offline, fixed-rate, generation (comma-separated).")] = None,
     precision: Annotated[Optional[list[str]], typer.Option("--precision", help="fp32, fp16, bf16, int8.")] = None,
     batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Offline batch size.")] = None,
     min_duration: Annotated[Optional[float], typer.Option("--min-duration", min=0.0, help="Seconds each cell measures at least.")] = None,
@@ -87,6 +100,8 @@ def run(
     rate: Annotated[Optional[float], typer.Option("--rate", callback=_positive, help="fixed-rate: constant arrival rate, Hz (default: the workload's line rate).")] = None,
     find_peak: Annotated[bool, typer.Option("--find-peak", help="Server: find the highest rate meeting the workload's latency bound (LoadGen's peak search).")] = False,
     samples_per_query: Annotated[Optional[int], typer.Option("--samples-per-query", min=1, help="multi-stream: samples a query (default 8).")] = None,
+    prompt_lens: Annotated[Optional[str], typer.Option("--prompt-lens", help="generation: prompt lengths in tokens, e.g. 32,64,128,256.")] = None,
+    output_tokens: Annotated[Optional[int], typer.Option("--output-tokens", min=1, help="generation: tokens generated per prompt.")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", callback=_positive, help="Seconds before a cell is killed.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0)] = None,
     task_samples: Annotated[Optional[int], typer.Option("--task-samples", min=0, help="Test samples for the task metric (0: fidelity only).")] = None,
@@ -126,7 +141,8 @@ def run(
                                target_qps=target_qps, rate_hz=rate, find_peak=find_peak or None,
                                samples_per_query=samples_per_query,
                                timeout_s=timeout, seed=seed, task_samples=task_samples,
-                               tuning_db=str(tuning_db) if tuning_db else None, device=device, target=target)
+                               tuning_db=str(tuning_db) if tuning_db else None, device=device, target=target,
+                               prompt_lens=_prompt_lens(prompt_lens), output_tokens=output_tokens)
         for cell in cells:
             check_cell(cell)
         cells = [cell.with_absolute_paths() for cell in cells]
@@ -215,7 +231,7 @@ def _progress(cell, rec) -> None:
     if rec.status == "ok":
         color = "green" if rec.verdict == "VALID" else "red"
         if rec.latency:
-            figures = f"p50 {rec.latency['median']:.3g} ms, {rec.throughput['value']:.4g} samples/s"
+            figures = f"p50 {rec.latency['median']:.3g} ms, {rec.throughput['value']:.4g} {rec.throughput.get('unit', 'samples/s')}"
         else:
             figures = f"end to end {rec.profile['e2e_ms']:.3g} ms, {len(rec.profile['ops'])} operators"
         err.print(f"  [{color}]{rec.verdict}[/{color}] {escape(cell.label())}: {figures}", markup=True, soft_wrap=True)

@@ -36,6 +36,7 @@ class RunRecord:
     kind: str = "run"  # "run": a benchmark; "profile": a per-operator breakdown (in `profile`)
     profile: dict[str, Any] | None = None  # chipbench.opprofile.OpProfile.to_dict()
     energy: dict[str, Any] | None = None  # measured device energy over the timed run (chipbench.energy)
+    generation: dict[str, Any] | None = None  # the generation scenario: TTFT, TPOT, tokens/s (chipbench.generation)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
     schema_version: int = SCHEMA_VERSION
     config_hash: str = ""

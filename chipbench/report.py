@@ -110,7 +110,8 @@ def is_kernel(rec: RunRecord) -> bool:
 def build_tables(records: list[RunRecord]) -> list[Table]:
     """A table per (device, scenario, precision): figures are set side by side only when they
     were measured on the same device."""
-    records = [r for r in records if not is_kernel(r)]
+    # kernels have their own section, and so do generation cells (TTFT, TPOT, tokens/s)
+    records = [r for r in records if not is_kernel(r) and not getattr(r, "generation", None)]
     tables: dict[tuple[str, str, str], Table] = {}
     for rec in records:
         key = (rec.device_label, rec.scenario["name"], rec.precision)
@@ -336,7 +337,15 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
         task_summary=task_summary,
         energy_summary=energy_summary,
         counts=Counter(r.status for r in records),
+        generation=_generation(records),
     )
+
+
+def _generation(records: list[RunRecord]) -> dict:
+    from chipbench.report_generation import generation_rows, prompt_lengths
+
+    rows = generation_rows(records)
+    return {"rows": rows, "lengths": prompt_lengths(rows)}
 
 
 def write_reports(records: list[RunRecord], md_path: Path | None, html_path: Path | None,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-SCENARIOS = ("single-stream", "multi-stream", "server", "offline", "fixed-rate")
+SCENARIOS = ("single-stream", "multi-stream", "server", "offline", "fixed-rate", "generation")  # generation: chipbench.generation
 DEFAULT_SAMPLES_PER_QUERY = 8  # MLPerf MultiStream
 
 
@@ -48,9 +48,20 @@ class MeasureSettings:
     percentile: float | None = None
     find_peak: bool = False
     accuracy_log_probability: float | None = None
+    # generation (chipbench.generation): prompts of these lengths (tokens), distinct prompts
+    # per length, tokens generated per query
+    prompt_lens: tuple[int, ...] = (32, 64, 128, 256)
+    prompts_per_len: int = 2
+    output_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompt_lens, list):  # from TOML or JSON
+            object.__setattr__(self, "prompt_lens", tuple(self.prompt_lens))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["prompt_lens"] = list(self.prompt_lens)
+        return d
 
 
 @dataclass(frozen=True)
@@ -125,8 +136,8 @@ def measure_on_device(timer: Callable[[int], list[float]], settings: MeasureSett
 def batch_for(scenario: str, batch: int | None, settings: MeasureSettings) -> int:
     """Samples per compiled query: 1 for single-stream, server and fixed-rate (one sample a
     query), `samples_per_query` (8 by default) for multi-stream, the cell's batch or
-    `offline_batch` for offline. ValueError for an unknown scenario."""
-    if scenario in ("single-stream", "server", "fixed-rate"):
+    `offline_batch` for offline; 1 for generation (one prompt a query). ValueError for an unknown scenario."""
+    if scenario in ("single-stream", "server", "fixed-rate", "generation"):
         return 1
     if scenario == "multi-stream":
         return batch or settings.samples_per_query or DEFAULT_SAMPLES_PER_QUERY

@@ -72,6 +72,7 @@ _LIMITS: dict[str, tuple[type, float, bool]] = {
     "task_samples": (int, 0, True), "warmup_count": (int, 0, True), "warmup_s": (float, 0, True),
     "min_count": (int, 1, True), "min_duration_s": (float, 0, True), "max_duration_s": (float, 0, False),
     "max_count": (int, 1, True), "offline_batch": (int, 1, True), "profile_runs": (int, 1, True),
+    "prompts_per_len": (int, 1, True), "output_tokens": (int, 1, True),
 }
 _OPTIONAL_STRINGS = ("tuning_db", "kernel", "model", "input_data", "expected", "device", "target")
 
@@ -105,6 +106,10 @@ def check_cell(cell: Cell) -> None:
     if cell.scenario not in SCENARIOS:
         raise SuiteError(f"unknown scenario '{cell.scenario}' (known: {', '.join(SCENARIOS)})")
     _check_arrival_settings(cell)
+    lens = cell.settings.prompt_lens
+    if (not isinstance(lens, tuple) or not lens
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in lens)):
+        raise SuiteError(f"prompt_lens must be a non-empty list of integers >= 1, got {list(lens) if isinstance(lens, tuple) else lens!r}")
     if cell.settings.max_count < cell.settings.min_count:
         raise SuiteError(f"max_count ({cell.settings.max_count}) is below min_count ({cell.settings.min_count})")
     if cell.device is not None:

@@ -18,6 +18,7 @@ Two registered graphs share the weights:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,6 +26,27 @@ import numpy as np
 
 from ._common import input_rng
 from .base import Arrival, Workload, register
+
+
+@dataclass(frozen=True)
+class GenerationGraphs:
+    """What a workload that generates text offers the generation scenario.
+
+    - `prefill`: a workload whose graph maps input_ids [1, T] (int64, T dynamic) to logits of
+      the last position [1, vocab] and the present K/V outputs;
+    - `decode`: a workload whose graph maps input_ids [1, 1], position [1] (int64: the new
+      token's index) and the past K/V inputs [1, kv_heads, P, head_dim] (P dynamic) to logits
+      [1, vocab] and present K/V [1, kv_heads, P + 1, head_dim];
+    - `vocab`: token ids are in [0, vocab); `max_positions`: prompt plus output tokens may not
+      exceed it (the rotary table's length);
+    - `cache`: decode input name -> the output name (of prefill and of decode) that feeds it.
+    """
+
+    prefill: Workload
+    decode: Workload
+    vocab: int
+    max_positions: int
+    cache: dict[str, str]
 
 
 @register
@@ -85,13 +107,28 @@ class FactoryLLM(Workload):
         return (LlamaPrefill if self.graph == "prefill" else LlamaDecode)(core).eval()
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """Batch is dynamic everywhere; the prompt length in prefill (input_ids and the present
+        K/V it returns), the past length in decode (past K/V in, present K/V of past + 1 out)."""
         axes = {n: {0: "batch"} for n in (*self.input_names, *self.output_names)}
-        if self.graph == "decode":
+        if self.graph == "prefill":
+            axes["input_ids"] = {0: "batch", 1: "prompt"}
+            for n in self.output_names[1:]:
+                axes[n] = {0: "batch", 2: "prompt"}
+        else:
             for n in self.input_names[2:]:
                 axes[n] = {0: "batch", 2: "past"}
             for n in self.output_names[1:]:
                 axes[n] = {0: "batch", 2: "past_plus_1"}
         return axes
+
+    def generation(self) -> GenerationGraphs:
+        """The generation capability (chipbench.generation): this model's prefill and decode
+        graphs, sharing the seeded weights, and how decode's past K/V inputs take prefill's (and
+        its own previous step's) present K/V outputs."""
+        prefill = dataclasses.replace(self, graph="prefill")
+        decode = dataclasses.replace(self, graph="decode")
+        cache = {p: p.replace("past.", "present.", 1) for p in decode.input_names[2:]}
+        return GenerationGraphs(prefill, decode, self.vocab, self.max_pos, cache)
 
     def make_inputs(self, batch: int, seed: int) -> dict[str, np.ndarray]:
         from .data import text
