@@ -40,9 +40,16 @@ class Measurement:
     note: str | None
 
 
-def measure(query: Callable[[], object], settings: MeasureSettings) -> Measurement:
-    """Warm up, then time `query` until both the minimum count and duration are met."""
-    clock = time.perf_counter
+Clock = Callable[[], float]
+
+
+def measure(query: Callable[[], object], settings: MeasureSettings, clock: Clock = time.perf_counter) -> Measurement:
+    """Warm up, then time `query` until both the minimum count and duration are met.
+
+    `clock()` returns seconds (monotonic; `time.perf_counter` by default; tests pass a fake one
+    that advances by a scripted amount per call). Warm-up runs until both `warmup_count` queries
+    and `warmup_s` seconds are done, or stops after `max_duration_s`. Each timed query costs two
+    clock reads; the stopping rules are `stop`'s."""
     start = clock()
     n = 0
     while n < settings.warmup_count or clock() - start < settings.warmup_s:
@@ -79,12 +86,13 @@ def stop(settings: MeasureSettings, count: int, measured_s: float, wall_s: float
     return False, None
 
 
-def measure_on_device(timer: Callable[[int], list[float]], settings: MeasureSettings) -> Measurement:
+def measure_on_device(timer: Callable[[int], list[float]], settings: MeasureSettings,
+                      clock: Clock = time.perf_counter) -> Measurement:
     """`measure` with the device's own clock: `timer(n)` runs `n` queries back to back on the
     device and returns each one's seconds (CUDA events, TVM `time_evaluator`). Warm-up is
     `warmup_count` queries; the minimum duration counts device time; `max_duration_s` bounds
-    the wall time, which includes what the device does not time (transfers, the network)."""
-    clock = time.perf_counter
+    the wall time, which includes what the device does not time (transfers, the network), by
+    `clock()` (seconds; `time.perf_counter` by default, a fake one in tests)."""
     timer(max(settings.warmup_count, 1))
     samples: list[float] = []
     begin = clock()
