@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+from chipbench.quiet import default_quiet_cores
 
 SCENARIOS = ("single-stream", "offline")
 
@@ -19,7 +21,9 @@ class MeasureSettings:
     untimed. Then each query is timed alone (a clock read before and after it, in seconds)
     until at least `min_count` queries and `min_duration_s` seconds are measured, or
     `max_count` queries; a slow cell stops at `max_duration_s` with at least 3 queries, and the
-    record says so. Offline queries carry `offline_batch` samples unless the cell sets a batch."""
+    record says so. Offline queries carry `offline_batch` samples unless the cell sets a batch.
+    `quiet_cores`: other work (in cores busy) above which the machine is too busy and the cell
+    NOISY, checked just before and after the timed run (chipbench.quiet; None: not checked)."""
 
     warmup_count: int = 3
     warmup_s: float = 0.2
@@ -28,6 +32,7 @@ class MeasureSettings:
     max_duration_s: float = 60.0  # a slow cell stops here (with at least 3 samples), saying so
     max_count: int = 100_000  # a fast cell has enough samples here, whatever the duration
     offline_batch: int = 8
+    quiet_cores: float | None = field(default_factory=default_quiet_cores)
 
     def to_dict(self) -> dict:
         return asdict(self)
