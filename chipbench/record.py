@@ -59,7 +59,10 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
-        return cls(**data)
+        """A record as stored, of this schema or an older one (chipbench.migrate.upgrade)."""
+        from chipbench.migrate import upgrade
+
+        return cls(**upgrade(data))
 
     @property
     def device_id(self) -> str:

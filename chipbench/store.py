@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from chipbench.paths import atomic_write_text
-from chipbench.record import RunRecord
+from chipbench.record import RunRecord, validate
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -88,6 +88,7 @@ class ResultsStore:
         """JSON file first (atomic rename), then the index row. Raises StoreError (the record
         stays wherever it already was: its JSON file, or the cell's file in `incoming/`)."""
         text = record.to_json()
+        check_record(record, text)
         path = self.runs_dir / f"{record.id}.json"
         try:
             atomic_write_text(path, text)
@@ -156,7 +157,14 @@ class ResultsStore:
                 unreadable.mkdir(exist_ok=True)
                 path.rename(unreadable / path.name)
                 continue
-            self.add(record)
+            try:
+                self.add(record)
+            except InvalidRecord as exc:  # kept aside, never deleted, and named
+                self.unreadable.append(f"{path}: {exc}")
+                unreadable = self.incoming_dir / "unreadable"
+                unreadable.mkdir(exist_ok=True)
+                path.rename(unreadable / path.name)
+                continue
             added += 1
             path.unlink(missing_ok=True)
         if not self.runs_dir.is_dir():
@@ -196,6 +204,22 @@ class ResultsStore:
         except (OSError, ValueError, TypeError, KeyError) as exc:
             self.unreadable.append(f"{path}: {type(exc).__name__}: {str(exc)[:120]}")
             return None
+
+
+class InvalidRecord(StoreError):
+    """A record the schema does not allow: never stored."""
+
+
+def check_record(record: RunRecord, text: str) -> None:
+    """StoreError unless the record (as `text`, its JSON) is valid against the record schema
+    (chipbench/schema/run_record.schema.json), naming the first field at fault."""
+    import jsonschema
+
+    try:
+        validate(json.loads(text))
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "the record"
+        raise InvalidRecord(f"record {record.id}: not a valid record ({where}: {exc.message[:200]})") from None
 
 
 def canonical(value: object) -> str:
