@@ -65,7 +65,9 @@ class OrtCpu:
             target="cpu",
             pipeline="ORT_ENABLE_ALL" + ({"int8": ", QDQ int8 static quantization", "fp16": ", fp16 weights"}
                                          .get(spec.precision, "") if converts(spec, source) else ""),
-            details={"threads": threads, "providers": session.get_providers()},
+            # read back from the session: the intra-op threads it actually runs with
+            details={"threads": session.get_session_options().intra_op_num_threads or threads,
+                     "providers": session.get_providers()},
             export=lambda folder: export_model(model_path, Path(folder), spec.threads),
         )
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from chipbench.backends.base import Arrays, Compiled, CompileSpec, ModelSource, Unsupported, register, require_precision
 from chipbench.errors import first_line
+from chipbench.machine import usable_cores
 
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -67,6 +68,10 @@ class _TorchBase:
         require_precision(self, spec, source)
         if spec.threads:
             torch.set_num_threads(spec.threads)
+        elif torch.get_num_threads() > usable_cores():
+            # torch starts a thread per physical core of the machine, whatever CPUs this process
+            # may use: pinned to fewer (--pin), its threads would fight over them
+            torch.set_num_threads(usable_cores())
         device, suffix, details = self._place(spec)
         dtype = getattr(torch, _DTYPES[spec.precision])
         model = source.build_torch().eval().to(device=device, dtype=dtype)

@@ -42,6 +42,19 @@ def use_all_cores(threads: int | None = None) -> int:
     return int(os.environ["TVM_NUM_THREADS"])
 
 
+def runtime_threads(asked: int) -> int:
+    """The threads TVM's CPU thread pool runs, read back from the runtime (`runtime.NumThreads`,
+    which may differ from TVM_NUM_THREADS: TVM caps it by the CPUs it may use); `asked` where
+    the runtime cannot say."""
+    import tvm
+
+    read = tvm.get_global_func("runtime.NumThreads", allow_missing=True)
+    try:
+        return int(read()) if read is not None else asked
+    except Exception:
+        return asked
+
+
 def import_onnx(onnx_path: Path) -> tuple[Any, list[Any]]:
     """ONNX → Relax IRModule with weights as parameters; returns (module, weight tensors)."""
     import onnx
@@ -224,6 +237,7 @@ class TvmLlvm:
         device = tvm.cpu()
         _vm, main, params = load(exe, weights, device)
         compile_s = time.perf_counter() - start  # weight prepacking included, as in a session's start
+        threads = runtime_threads(threads)
         names = source.input_names
         out_names = source.output_names
 

@@ -41,6 +41,7 @@ from chipbench.bundle_format import (INPUTS, REFERENCE, BundleError, bundle_memb
 from chipbench.paths import atomic_write_text
 from chipbench.record import RunRecord
 from chipbench.recording import finite, measured_fields, this_machine, timed_run
+from chipbench.validity import measurement_rule
 from chipbench.scenarios import SCENARIOS, MeasureSettings
 
 
@@ -165,7 +166,7 @@ def run_bundle(bundle: Path, args: argparse.Namespace) -> tuple[dict[str, Any], 
         fields["energy"] = meter.result(manifest["batch"])
         gate = Tolerance.from_dict(manifest["tolerance"])
         measured = measured_fields(m.samples_s, manifest["batch"], outputs, reference, gate,
-                                   finite(manifest["tolerance"]), seed=cell["seed"])
+                                   finite(manifest["tolerance"]), seed=cell["seed"], rules=[measurement_rule(m.note)])
     except Exception as exc:
         return failed("run", exc)
     finally:

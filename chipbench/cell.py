@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,13 @@ from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
 from chipbench.prepare import Prepared, prepare_workload, sha256_file
 from chipbench.record import RunRecord
+from chipbench.quiet import machine_load_dict, quiet_rule, try_sample
 from chipbench.recording import finite, measured_fields
+from chipbench.resources import PinError, ResourceLog, apply_pin, cpu_use
 from chipbench.scenarios import batch_for
 from chipbench.suite import Cell
 from chipbench.taskeval import calibration_for, task_accuracy
+from chipbench.validity import judge, measurement_rule
 from chipbench.workloads.base import DEFAULT_TOLERANCES, Workload, get_workload
 
 
@@ -203,6 +207,10 @@ def execute(cell: Cell) -> RunRecord:
     backend_info = {"name": cell.backend, "versions": backend.versions() if ok else {}}
     if not ok:
         return base_record(cell, "skipped", f"{cell.backend} unavailable: {why}", backend=backend_info)
+    try:  # before any thread pool starts, so every thread the backend makes inherits it
+        apply_pin(cell.pin)
+    except (PinError, OSError) as exc:
+        return base_record(cell, "failed", f"--pin: {exc}", backend=backend_info)
     try:
         device = Device.parse(cell.device) if cell.device else default_device(backend)
     except DeviceError as exc:
@@ -227,8 +235,11 @@ def execute(cell: Cell) -> RunRecord:
     ops = onnx_ops(prepared.source.onnx_path) if getattr(backend, "runs_onnx", True) else None
 
     spec = compile_spec(cell, prep, device)
+    log = ResourceLog(pin=cell.pin, threads_requested=cell.threads)
     try:
+        start = time.perf_counter()
         compiled = backend.compile(prepared.source, spec)
+        log.load_s = time.perf_counter() - start
     except Unsupported as exc:
         return base_record(cell, "unsupported", str(exc), **ran,
                            coverage=coverage(ops, "unsupported", exc.ops) if ops and exc.ops else None)
@@ -239,10 +250,11 @@ def execute(cell: Cell) -> RunRecord:
                         tuning_db=compiled.tuning_db, details=compiled.details)
     compile_info = {"seconds": compiled.compile_s, "artifact_bytes": compiled.artifact_bytes}
     provenance["device"] = describe_device(device, compiled)
+    log.backend_threads = compiled.details.get("threads")
     try:
         if cell.profile_runs:
             return _profile(cell, prep, compiled, ran, compile_info)
-        return _measure(cell, prep, compiled, ran, compile_info, coverage(ops, "ran") if ops else None)
+        return _measure(cell, prep, compiled, ran, compile_info, coverage(ops, "ran") if ops else None, log)
     except Exception as exc:
         return base_record(cell, "failed", f"run: {one_line(exc)}", **ran, compile=compile_info,
                            coverage=coverage(ops, "failed") if ops else None)
@@ -267,29 +279,39 @@ def _profile(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_inf
                        profile=prof.to_dict(), notes=prep.notes, work=prep.work)
 
 
-def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_info, ops_coverage):
-    from chipbench.scenario_run import run_cell_scenario
-
+def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_info, ops_coverage,
+             log: ResourceLog | None = None):
+    """Time the compiled model as the cell's scenario says and make its record: the first run
+    (cold, timed apart), the task metric, the machine's load just before and after the timed
+    run (outside it), CPU use over it, and the verdict from the named rules."""
+    log = log or ResourceLog(pin=cell.pin, threads_requested=cell.threads)
     inputs = prep.prepared.inputs
+    start = time.perf_counter()
     outputs = compiled.run(inputs)
+    log.first_inference_s = time.perf_counter() - start
     task = None
     if prep.workload is not None and prep.workload.task_metric and cell.task_samples > 0:
         task = task_accuracy(compiled.run, prep.workload, prep.batch, cell.task_samples)
-    timed = run_cell_scenario(cell, prep, compiled, ran["provenance"].get("device"))
+    judge_quiet = cell.settings.quiet_cores is not None
+    before = try_sample() if judge_quiet else None
+    with cpu_use() as cpu:
+        timed = run_cell_scenario(cell, prep, compiled, ran["provenance"].get("device"))
+    after = try_sample() if judge_quiet else None
+    log.cpu = cpu
+    log.machine_load = machine_load_dict(before, after, cell.settings.quiet_cores) if judge_quiet else None
+    quiet = quiet_rule(before, after, cell.settings.quiet_cores)
     meter = timed.meter
+    scenario = {"name": cell.scenario, "settings": cell.settings.to_dict(), "loadgen": timed.loadgen}
     measured = measured_fields(timed.samples_s, prep.batch, outputs, prep.prepared.reference, prep.tolerance,
-                               vars(prep.tolerance), seed=cell.seed, task=task)
+                               vars(prep.tolerance), seed=cell.seed, task=task,
+                               rules=[measurement_rule(timed.stop_note), quiet], scenario=scenario)
     measured["latency"].update(timed.latency_extra)
     if timed.throughput:
         measured["throughput"] = timed.throughput
-    if timed.accuracy_failure:  # responses from the timed run missed the gate (MLPerf TEST01)
-        measured["accuracy"]["failures"].append(timed.accuracy_failure)
-        measured["verdict"] = "INVALID"
-        measured["reason"] = "; ".join(measured["accuracy"]["failures"])
-    scenario = {"name": cell.scenario, "settings": cell.settings.to_dict(), "loadgen": timed.loadgen}
     return base_record(cell, "ok", measured.pop("reason"), **ran, compile=compile_info, **measured,
                        scenario=scenario, notes=prep.notes + timed.notes + [n for n in (meter.note,) if n],
-                       coverage=ops_coverage, work=prep.work, energy=meter.result(prep.batch))
+                       coverage=ops_coverage, work=prep.work, energy=meter.result(prep.batch),
+                       resources=log.to_dict(ran["provenance"].get("device")))
 
 
 def die_with_parent() -> None:

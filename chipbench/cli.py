@@ -111,16 +111,20 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="Skip cells that already have an ok record with this exact configuration.")] = False,
     results_dir: ResultsDir = Path("results"),
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report after the sweep.")] = True,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads each backend runs with (default: every usable core).")] = None,
+    pin: Annotated[Optional[str], typer.Option("--pin", help="CPUs each cell runs on, e.g. 0,1 or 0-3 (recorded with the threads).")] = None,
 ) -> None:
     """Run cells (from flags or a suite), store a record per cell, then write the report.
 
     Every input is checked before the first cell runs; a cell that crashes, hangs or cannot run
     costs that cell only. Stopped with Ctrl-C or SIGTERM, the running cell is killed, what was
     measured is stored, and `--resume` carries on where the sweep stopped."""
+    from chipbench.resources import check_run_options
     from chipbench.store import canonical
     from chipbench.suite import SuiteError, check_cell, expand, load_suite, with_overrides
 
     try:
+        check_run_options(pin)
         if suite is not None:
             if scenario or precision:
                 fail("--scenario/--precision go with -w/-b; a suite names its own")
@@ -142,7 +146,8 @@ def run(
                                samples_per_query=samples_per_query,
                                timeout_s=timeout, seed=seed, task_samples=task_samples,
                                tuning_db=str(tuning_db) if tuning_db else None, device=device, target=target,
-                               prompt_lens=_prompt_lens(prompt_lens), output_tokens=output_tokens)
+                               prompt_lens=_prompt_lens(prompt_lens), output_tokens=output_tokens,
+                               threads=threads, pin=pin)
         for cell in cells:
             check_cell(cell)
         cells = [cell.with_absolute_paths() for cell in cells]
@@ -229,7 +234,7 @@ def _checked_models(cells):
 def _progress(cell, rec) -> None:
     """One line per finished cell on stderr."""
     if rec.status == "ok":
-        color = "green" if rec.verdict == "VALID" else "red"
+        color = {"VALID": "green", "NOISY": "yellow"}.get(rec.verdict, "red")
         if rec.latency:
             figures = f"p50 {rec.latency['median']:.3g} ms, {rec.throughput['value']:.4g} {rec.throughput.get('unit', 'samples/s')}"
         else:

@@ -27,7 +27,7 @@ class RunRecord:
     latency: dict[str, Any] | None = None  # LatencyStats.to_dict()
     throughput: dict[str, Any] | None = None  # {"value": float, "unit": "samples/s"}
     accuracy: dict[str, Any] | None = None  # fidelity, tolerance, failures, task metric
-    verdict: str | None = None  # VALID / INVALID (only for measured cells)
+    verdict: str | None = None  # VALID / NOISY / INVALID (only for measured cells; chipbench.validity)
     compile: dict[str, Any] = field(default_factory=dict)  # seconds, artifact_bytes
     provenance: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -37,6 +37,8 @@ class RunRecord:
     profile: dict[str, Any] | None = None  # chipbench.opprofile.OpProfile.to_dict()
     energy: dict[str, Any] | None = None  # measured device energy over the timed run (chipbench.energy)
     generation: dict[str, Any] | None = None  # the generation scenario: TTFT, TPOT, tokens/s (chipbench.generation)
+    resources: dict[str, Any] | None = None  # memory, CPU use, cold start, threads, affinity (chipbench.resources)
+    validity: list[dict[str, Any]] | None = None  # named rules behind the verdict (chipbench.validity)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
     schema_version: int = SCHEMA_VERSION
     config_hash: str = ""
@@ -58,7 +60,10 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
-        return cls(**data)
+        """A record as stored, of this schema or an older one (chipbench.migrate.upgrade)."""
+        from chipbench.migrate import upgrade
+
+        return cls(**upgrade(data))
 
     @property
     def device_id(self) -> str:

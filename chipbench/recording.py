@@ -5,7 +5,7 @@ numpy and a backend's runtime. `chipbench.cell` builds the same fields for in-pr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from chipbench.energy import Meter, meter_for
 from chipbench.samples import encode as encode_samples
 from chipbench.scenarios import Measurement, MeasureSettings, measure, measure_on_device
 from chipbench.stats import LatencyStats
+from chipbench.validity import Rule, judged
 
 Arrays = dict[str, np.ndarray]
 
@@ -46,25 +47,27 @@ def timed_run(run: Callable[[Arrays], Arrays], timer: Callable[[Arrays, int], li
 
 def measured_fields(samples_s: list[float], batch: int, outputs: Mapping[str, np.ndarray],
                     reference: Mapping[str, np.ndarray], gate: Tolerance, tolerance: Mapping[str, Any],
-                    seed: int = 0, task: dict[str, Any] | None = None) -> dict[str, Any]:
+                    seed: int = 0, task: dict[str, Any] | None = None, rules: Sequence[Rule] = (),
+                    scenario: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """latency (ms statistics of `samples_s`, seconds per query, with the raw samples kept in
     `latency["samples"]`, chipbench.samples' encoding), throughput (batch × queries /
     summed query seconds, samples/s), accuracy (fidelity of `outputs` to `reference` against
     `gate`: an output missing or misshapen fails it; and the task metric's result `task` with
-    its failures, where there is one) and the verdict (INVALID when any gate fails), as
-    RunRecord keyword arguments. ValueError when there are no samples."""
+    its failures, where there is one) and the verdict with its named rules (chipbench.validity:
+    the accuracy gates, the rules `scenario` supports, and the harness's `rules`, e.g. the
+    measurement's minimums and the machine's quiet), as RunRecord keyword arguments.
+    ValueError when there are no samples."""
     fid = fidelity(outputs, reference)
     failures = check(fid, gate) + list((task or {}).get("failures", []))
     stats = LatencyStats.from_samples(samples_s, seed=seed)
-    return {
+    fields = {
         "latency": {**stats.to_dict(), "samples": encode_samples(samples_s)},
         # samples per second: the batch that ran, never a guess from an input's first dimension
         "throughput": {"value": batch * len(samples_s) / float(np.sum(samples_s)), "unit": "samples/s"},
         "accuracy": finite({"fidelity": fid.to_dict(), "tolerance": dict(tolerance), "failures": failures,
                             "task": task}),
-        "verdict": "INVALID" if failures else "VALID",
-        "reason": "; ".join(failures) or None,
     }
+    return {**fields, **judged(fields["accuracy"], fields["latency"], scenario, rules)}
 
 
 def this_machine() -> dict[str, Any]:

@@ -182,6 +182,31 @@ def energy_summary(r: RunRecord) -> str:
     return f"{fmt_num(r.energy['joules_per_inference'])} J, {fmt_num(r.energy['avg_watts'])} W"
 
 
+def resource_cells(r: RunRecord) -> dict[str, str]:
+    """The record's `resources` (chipbench.resources) as the report's table shows them."""
+    res = r.resources or {}
+    cpu = res.get("cpu") or {}
+    threads = res.get("threads") or {}
+    load = res.get("machine_load") or {}
+
+    def others(when: str) -> str:
+        sample = load.get(when)
+        return "–" if not sample else fmt_num(sample.get("others_cores"), 2)
+
+    first = res.get("first_inference_s")
+    return {
+        "rss": fmt_bytes(res.get("peak_rss_bytes")),
+        "busy": fmt_num(cpu.get("cores_busy")),
+        "util": f"{cpu['utilisation'] * 100:.0f} %" if cpu.get("utilisation") is not None else "–",
+        "load": fmt_num(res.get("load_s")),
+        "first": fmt_ms(first * 1e3 if first is not None else None),
+        "threads": "/".join("–" if threads.get(k) is None else str(threads.get(k))
+                            for k in ("requested", "backend", "process")),
+        "cpus": (res.get("affinity") or {}).get("cpus") or "–",
+        "others": f"{others('start')} / {others('end')}" if load else "not measured",
+    }
+
+
 def task_summary(r: RunRecord) -> str:
     task = (r.accuracy or {}).get("task")
     if not task:
@@ -324,7 +349,7 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
         tables=build_tables(records),
         summary=cell_summary,
         environment=environment(records),
-        problems=[r for r in records if r.status != "ok" or r.verdict == "INVALID"],
+        problems=[r for r in records if r.status != "ok" or r.verdict in ("INVALID", "NOISY")],
         runs=sorted(ok, key=lambda r: (r.scenario["name"], r.precision, r.workload["name"], r.backend["name"])),
         untuned=any(cell_summary(r)["untuned"] for r in ok),
         precision_rows=precision_rows([r for r in records if not is_kernel(r)]),
@@ -336,6 +361,7 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
         coverage=coverage_matrix(records),
         task_summary=task_summary,
         energy_summary=energy_summary,
+        resource_cells=resource_cells,
         counts=Counter(r.status for r in records),
         generation=_generation(records),
     )

@@ -25,15 +25,16 @@ OVERHEAD_SHARE = 0.05  # above this share of the median latency, the bare loop's
 @dataclass
 class ScenarioResult:
     """What the record takes from a cell's timed run: `samples_s` (per-query seconds),
-    `loadgen` (the record's `scenario.loadgen`), `notes`, the energy `meter`, an
-    `accuracy_failure` (TEST01) or None, and `latency_extra` / `throughput` to merge into the
-    record's latency and replace its throughput (Server and fixed-rate: the rate served)."""
+    `loadgen` (the record's `scenario.loadgen`), `notes`, the energy `meter`, `latency_extra` /
+    `throughput` to merge into the record's latency and replace its throughput (Server and
+    fixed-rate: the rate served), and `stop_note`: why a device-clock run stopped at
+    max_duration_s before its minimums (under LoadGen, its own verdict says so)."""
 
     samples_s: list[float]
     loadgen: dict[str, Any]
     notes: list[str]
     meter: Any
-    accuracy_failure: str | None = None
+    stop_note: str | None = None
     latency_extra: dict[str, Any] = field(default_factory=dict)
     throughput: dict[str, Any] | None = None
 
@@ -52,7 +53,7 @@ def run_cell_scenario(cell, prep, compiled, device: dict | None) -> ScenarioResu
     if compiled.timer is not None and cell.scenario in ("single-stream", "offline"):
         m, meter = timed_run(compiled.run, compiled.timer, prep.prepared.inputs, settings, device,
                              compiled.timer_untimed_calls)
-        return ScenarioResult(m.samples_s, {"issuer": "device clock"}, [n for n in (m.note,) if n], meter)
+        return ScenarioResult(m.samples_s, {"issuer": "device clock"}, [n for n in (m.note,) if n], meter, m.note)
     from chipbench.energy import meter_for
 
     meter = meter_for(device)
@@ -65,7 +66,7 @@ def run_cell_scenario(cell, prep, compiled, device: dict | None) -> ScenarioResu
     with meter:
         lgrun = run_scenario(cell.scenario, _counted(meter, compiled.run), samples, prep.batch, settings, arrival,
                              prep.tolerance, cell.seed)
-    result = ScenarioResult(lgrun.samples_s, lgrun.record(), notes + list(lgrun.notes), meter, lgrun.accuracy_failure)
+    result = ScenarioResult(lgrun.samples_s, lgrun.record(), notes + list(lgrun.notes), meter)
     _served_rate(cell.scenario, lgrun, prep.batch, result)
     _bare_loop(cell, compiled, prep, lgrun, result)
     return result

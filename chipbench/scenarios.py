@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+from chipbench.quiet import default_quiet_cores
 
 SCENARIOS = ("single-stream", "multi-stream", "server", "offline", "fixed-rate", "generation")  # generation: chipbench.generation
 DEFAULT_SAMPLES_PER_QUERY = 8  # MLPerf MultiStream
@@ -32,7 +34,9 @@ class MeasureSettings:
     per second), `rate_hz` (fixed-rate, queries per second), `latency_bound_ms` and `percentile`
     (the bound the Server and fixed-rate verdicts check, e.g. 33 ms at p99), `find_peak` (Server:
     search the highest rate meeting the bound), `accuracy_log_probability` (share of timed
-    responses checked against the reference, 0..1; None = 0.05)."""
+    responses checked against the reference, 0..1; None = 0.05).
+    `quiet_cores`: other work (in cores busy) above which the machine is too busy and the cell
+    NOISY, checked just before and after the timed run (chipbench.quiet; None: not checked)."""
 
     warmup_count: int = 3
     warmup_s: float = 0.2
@@ -57,6 +61,7 @@ class MeasureSettings:
     def __post_init__(self) -> None:
         if isinstance(self.prompt_lens, list):  # from TOML or JSON
             object.__setattr__(self, "prompt_lens", tuple(self.prompt_lens))
+    quiet_cores: float | None = field(default_factory=default_quiet_cores)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -71,9 +76,16 @@ class Measurement:
     note: str | None
 
 
-def measure(query: Callable[[], object], settings: MeasureSettings) -> Measurement:
-    """Warm up, then time `query` until both the minimum count and duration are met."""
-    clock = time.perf_counter
+Clock = Callable[[], float]
+
+
+def measure(query: Callable[[], object], settings: MeasureSettings, clock: Clock = time.perf_counter) -> Measurement:
+    """Warm up, then time `query` until both the minimum count and duration are met.
+
+    `clock()` returns seconds (monotonic; `time.perf_counter` by default; tests pass a fake one
+    that advances by a scripted amount per call). Warm-up runs until both `warmup_count` queries
+    and `warmup_s` seconds are done, or stops after `max_duration_s`. Each timed query costs two
+    clock reads; the stopping rules are `stop`'s."""
     start = clock()
     n = 0
     while n < settings.warmup_count or clock() - start < settings.warmup_s:
@@ -110,12 +122,13 @@ def stop(settings: MeasureSettings, count: int, measured_s: float, wall_s: float
     return False, None
 
 
-def measure_on_device(timer: Callable[[int], list[float]], settings: MeasureSettings) -> Measurement:
+def measure_on_device(timer: Callable[[int], list[float]], settings: MeasureSettings,
+                      clock: Clock = time.perf_counter) -> Measurement:
     """`measure` with the device's own clock: `timer(n)` runs `n` queries back to back on the
     device and returns each one's seconds (CUDA events, TVM `time_evaluator`). Warm-up is
     `warmup_count` queries; the minimum duration counts device time; `max_duration_s` bounds
-    the wall time, which includes what the device does not time (transfers, the network)."""
-    clock = time.perf_counter
+    the wall time, which includes what the device does not time (transfers, the network), by
+    `clock()` (seconds; `time.perf_counter` by default, a fake one in tests)."""
     timer(max(settings.warmup_count, 1))
     samples: list[float] = []
     begin = clock()

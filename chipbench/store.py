@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chipbench.paths import atomic_write_text
-from chipbench.record import RunRecord
+from chipbench.record import RunRecord, validate
 from chipbench.samples import SamplesError
 from chipbench.samples import decode as decode_samples
 
@@ -97,6 +97,7 @@ class ResultsStore:
         """JSON file first (atomic rename), then the index row. Raises StoreError (the record
         stays wherever it already was: its JSON file, or the cell's file in `incoming/`)."""
         text = record.to_json()
+        check_record(record, text)
         path = self.runs_dir / f"{record.id}.json"
         try:
             atomic_write_text(path, text)
@@ -165,7 +166,14 @@ class ResultsStore:
                 unreadable.mkdir(exist_ok=True)
                 path.rename(unreadable / path.name)
                 continue
-            self.add(record)
+            try:
+                self.add(record)
+            except InvalidRecord as exc:  # kept aside, never deleted, and named
+                self.unreadable.append(f"{path}: {exc}")
+                unreadable = self.incoming_dir / "unreadable"
+                unreadable.mkdir(exist_ok=True)
+                path.rename(unreadable / path.name)
+                continue
             added += 1
             path.unlink(missing_ok=True)
         if not self.runs_dir.is_dir():
@@ -235,6 +243,22 @@ def index_text(text: str) -> str:
         return text
     samples.pop("data")
     return json.dumps(data, sort_keys=True, allow_nan=False)
+
+
+class InvalidRecord(StoreError):
+    """A record the schema does not allow: never stored."""
+
+
+def check_record(record: RunRecord, text: str) -> None:
+    """StoreError unless the record (as `text`, its JSON) is valid against the record schema
+    (chipbench/schema/run_record.schema.json), naming the first field at fault."""
+    import jsonschema
+
+    try:
+        validate(json.loads(text))
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "the record"
+        raise InvalidRecord(f"record {record.id}: not a valid record ({where}: {exc.message[:200]})") from None
 
 
 def canonical(value: object) -> str:

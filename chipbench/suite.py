@@ -38,6 +38,7 @@ class Cell:
     profile_runs: int | None = None  # a per-operator profile over this many runs instead of a benchmark
     device: str | None = None  # cpu, cuda[:N], rpc://HOST:PORT/KEY; None: the backend's own default
     target: str | None = None  # compile for this target instead of the device's own (cross-compilation)
+    pin: str | None = None  # CPUs the cell process runs on, e.g. "0,1" or "0-3" (chipbench.resources)
     settings: MeasureSettings = field(default_factory=MeasureSettings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,8 +74,9 @@ _LIMITS: dict[str, tuple[type, float, bool]] = {
     "min_count": (int, 1, True), "min_duration_s": (float, 0, True), "max_duration_s": (float, 0, False),
     "max_count": (int, 1, True), "offline_batch": (int, 1, True), "profile_runs": (int, 1, True),
     "prompts_per_len": (int, 1, True), "output_tokens": (int, 1, True),
+    "quiet_cores": (float, 0, True),
 }
-_OPTIONAL_STRINGS = ("tuning_db", "kernel", "model", "input_data", "expected", "device", "target")
+_OPTIONAL_STRINGS = ("tuning_db", "kernel", "model", "input_data", "expected", "device", "target", "pin")
 
 
 def check_cell(cell: Cell) -> None:
@@ -83,7 +85,7 @@ def check_cell(cell: Cell) -> None:
     values = {**{k: getattr(cell, k) for k in _CELL_KEYS}, **cell.settings.to_dict()}
     for name, (kind, low, inclusive) in _LIMITS.items():
         value = values[name]
-        if value is None and name in ("batch", "threads", "profile_runs"):
+        if value is None and name in ("batch", "threads", "profile_runs", "quiet_cores"):
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not number or (kind is int and not isinstance(value, int)):
@@ -112,6 +114,13 @@ def check_cell(cell: Cell) -> None:
         raise SuiteError(f"prompt_lens must be a non-empty list of integers >= 1, got {list(lens) if isinstance(lens, tuple) else lens!r}")
     if cell.settings.max_count < cell.settings.min_count:
         raise SuiteError(f"max_count ({cell.settings.max_count}) is below min_count ({cell.settings.min_count})")
+    if cell.pin is not None:
+        from chipbench.resources import PinError, check_pin
+
+        try:
+            check_pin(cell.pin)
+        except PinError as exc:
+            raise SuiteError(str(exc)) from None
     if cell.device is not None:
         from chipbench.device import Device, DeviceError
 

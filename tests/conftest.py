@@ -7,6 +7,9 @@ import pytest
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 os.environ["CHIPBENCH_PLUGINS"] = "doubles"
+# Tests run beside other work; their verdicts speak of the backend. The machine-quiet rule is
+# tested with injected load figures (tests/test_validity.py) and explicit settings.
+os.environ["CHIPBENCH_QUIET_CORES"] = "off"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
 
 
