@@ -29,6 +29,7 @@ from chipbench.record import RunRecord
 from chipbench.quiet import machine_load_dict, quiet_rule, try_sample
 from chipbench.recording import finite, measured_fields
 from chipbench.resources import PinError, ResourceLog, apply_pin, cpu_use
+from chipbench.scenario_run import run_cell_scenario
 from chipbench.scenarios import batch_for
 from chipbench.suite import Cell
 from chipbench.taskeval import calibration_for, task_accuracy

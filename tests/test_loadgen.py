@@ -12,7 +12,7 @@ import pytest
 from chipbench.accuracy import Tolerance
 from chipbench.fixed_rate import issue_fixed_rate
 from chipbench.loadgen import Adapter, Arrival, run_scenario
-from chipbench.samples import SampleSet
+from chipbench.sample_library import SampleSet
 from chipbench.scenarios import MeasureSettings
 
 SHORT = MeasureSettings(warmup_count=2, warmup_s=0.0, min_count=200, min_duration_s=0.05, max_duration_s=5.0,
