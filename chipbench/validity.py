@@ -101,17 +101,18 @@ def accuracy_rules(accuracy: Mapping[str, Any] | None) -> list[Rule]:
 def tail_rule(latency: Mapping[str, Any] | None, scenario: Mapping[str, Any] | None) -> Rule | None:
     """The scenario's result percentile (METRIC_PERCENTILE) supported by the sample count, from
     `latency["tails"][pXX]["estimable"]` (early-stopping bound, chipbench.stats); None (no
-    rule) where the record has no tails or the scenario reports no latency percentile."""
+    rule) where the record has no tails, names no scenario (a bundle's run), or its scenario
+    reports no latency percentile."""
     tails = (latency or {}).get("tails")
-    name = (scenario or {}).get("name", "")
-    which = METRIC_PERCENTILE.get(name, "p99")
+    name = (scenario or {}).get("name")
+    which = METRIC_PERCENTILE.get(name, "p99") if name else None
     if not tails or which is None or which not in tails:
         return None
     tail = tails[which] or {}
     if tail.get("estimable"):
         return Rule(TAIL, True)
-    why = tail.get("reason") or f"n = {(latency or {}).get('count')} < {tail.get('min_count')}"
-    return Rule(TAIL, False, f"{which} of {name or 'this scenario'} not estimable ({why})")
+    why = tail.get("reason") or f"not estimable (n = {(latency or {}).get('count')} < {tail.get('min_count')})"
+    return Rule(TAIL, False, f"{which} of {name}: {why}")
 
 
 def loadgen_rules(scenario: Mapping[str, Any] | None) -> list[Rule]:

@@ -156,3 +156,11 @@ class NativeSleepyBackend(NullBackend):
         subprocess.Popen(["sleep", "600"])
         ctypes.CDLL(None).sleep(600)
         return super().compile(source, spec)
+
+
+def accurate(rec) -> bool:
+    """Whether a measured record passed every accuracy rule of its verdict (chipbench.validity):
+    what a test of numerics asserts when its run is too short to support a tail estimate."""
+    rules = rec["validity"] if isinstance(rec, dict) else rec.validity
+    gates = [r for r in rules or [] if r["rule"].startswith("accuracy-")]
+    return bool(gates) and all(r["passed"] for r in gates)

@@ -94,7 +94,7 @@ PROVENANCE = {"libraries": {}, "git_commit": None, "seed": 0, "config": {},
 
 
 def record(**parts) -> RunRecord:
-    f = fields(n=20)
+    f = fields(n=100)  # enough for single-stream's p90 (64)
     latency = {**f["latency"], **parts.pop("latency", {})}
     return RunRecord(workload={"name": "w", "scenario": "", "params": {}}, backend={"name": "b", "versions": {}},
                      precision="fp32", batch=1, scenario=parts.pop("scenario", {"name": "single-stream", "settings": {}}),
@@ -106,7 +106,7 @@ def test_the_scenarios_tail_must_be_supported_by_the_sample_count():
     rec = record(latency={"tails": TAILS})
     judge(rec)
     assert rec.verdict == "INVALID"
-    assert by_rule(rec.validity)[TAIL]["reason"] == "p90 of single-stream not estimable (not estimable (n = 20 < 64))"
+    assert by_rule(rec.validity)[TAIL]["reason"] == "p90 of single-stream: not estimable (n = 20 < 64)"
     estimable = {**TAILS, "p90": {**TAILS["p90"], "estimable": True, "reason": None}}
     rec = record(latency={"tails": estimable})
     judge(rec)
@@ -117,7 +117,7 @@ def test_the_scenarios_tail_must_be_supported_by_the_sample_count():
 
 
 def test_loadgen_verdict_and_timed_run_accuracy_are_rules():
-    loadgen = {"result": "INVALID", "reasons": ["min duration not met", "early stopping: too few queries"],
+    loadgen = {"issuer": "loadgen", "result": "INVALID", "reasons": ["min duration not met", "early stopping: too few queries"],
                "accuracy_log": {"sampled": 10, "checked": 10, "failures": ["sample 3: rel_l2 0.4 > 0.001"]}}
     rec = record(scenario={"name": "server", "settings": {}, "loadgen": loadgen})
     judge(rec)
@@ -133,9 +133,9 @@ def test_judging_again_keeps_the_harness_rules_and_rederives_the_rest():
     rec = record()
     judge(rec, [quiet_rule(load(2.0), load(0.0), 0.25)])
     assert rec.verdict == "NOISY"
-    rec.scenario = {**rec.scenario, "loadgen": {"result": "VALID", "reasons": []}}
+    rec.scenario = {**rec.scenario, "loadgen": {"issuer": "loadgen", "result": "VALID", "reasons": []}}
     judge(rec)  # a later part adds LoadGen's result: the quiet rule stays, LoadGen's joins
-    assert rec.verdict == "NOISY" and set(by_rule(rec.validity)) == {FIDELITY, QUIET, LOADGEN}
+    assert rec.verdict == "NOISY" and set(by_rule(rec.validity)) == {FIDELITY, QUIET, LOADGEN, TAIL}
     validate(rec.to_dict())
 
 
