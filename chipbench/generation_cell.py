@@ -31,6 +31,7 @@ from chipbench.generation import (GenerationSettings, Generated, Prompt, first_m
 from chipbench.paths import atomic_write_bytes, sha256_file
 from chipbench.prepare import EXPORTER, OPSET, PrepareError, _cached_dir, _store_key, export_key, export_onnx
 from chipbench.recording import finite
+from chipbench.validity import judged
 
 
 def export_dynamic(workload) -> Path:
@@ -271,8 +272,9 @@ def _measure(cell, settings: GenerationSettings, graphs, prefill: Prefills, deco
     accuracy = finite({"fidelity": fid.to_dict(), "tolerance": dict(vars(gate)), "failures": failures, "task": None})
     notes = ["latency is time to first token (TTFT); throughput is output tokens per second",
              *([timed.note] if timed.note else [])]
-    return base_record(cell, "ok", "; ".join(failures) or None, **ran, compile=compile_info,
+    # the accuracy rules decide; LoadGen's token-latency verdict is kept in `generation.loadgen`
+    judgement = judged(accuracy, summary["ttft"], None)
+    return base_record(cell, "ok", judgement.pop("reason"), **ran, compile=compile_info,
                        latency=summary["ttft"],
                        throughput={"value": summary["tokens_per_s"]["value"], "unit": "tokens/s"},
-                       accuracy=accuracy, verdict="INVALID" if failures else "VALID", notes=notes,
-                       generation=finite(generation))
+                       accuracy=accuracy, notes=notes, generation=finite(generation), **judgement)
