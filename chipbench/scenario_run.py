@@ -65,7 +65,7 @@ def run_cell_scenario(cell, prep, compiled, device: dict | None) -> ScenarioResu
         notes.append("timed responses not checked: the backend returns canned outputs whatever the input")
     with meter:
         lgrun = run_scenario(cell.scenario, _counted(meter, compiled.run), samples, prep.batch, settings, arrival,
-                             prep.tolerance, cell.seed)
+                             cell.seed)
     result = ScenarioResult(lgrun.samples_s, lgrun.record(), notes + list(lgrun.notes), meter)
     _served_rate(cell.scenario, lgrun, prep.batch, result)
     _bare_loop(cell, compiled, prep, lgrun, result)
