@@ -396,9 +396,7 @@ def run_scenario(scenario: str, run: Callable[[Arrays], Arrays], samples: Sample
     runs_per_query = max(1, math.ceil(units_per_query / batch)) if scenario == "multi-stream" else 1
     query_s = warm_up(adapter, settings, runs_per_query)
     notes: list[str] = []
-    details: dict[str, Any] = {"samples": samples.describe(),
-                               "arrival": {"rate_hz": arrival.rate_hz, "latency_bound_ms": arrival.latency_bound_ms,
-                                           "percentile": arrival.percentile, "from": arrival.origin}}
+    details: dict[str, Any] = {"samples": samples.describe(), "arrival": _arrival_dict(arrival)}
     if scenario == "fixed-rate":
         return _fixed_rate(adapter, settings, arrival, seed, details)
     expected_qps = batch / query_s if query_s > 0 else 1e6
@@ -413,6 +411,7 @@ def run_scenario(scenario: str, run: Callable[[Arrays], Arrays], samples: Sample
                                     "settings": used}
             if peak:
                 arrival = Arrival(peak, arrival.latency_bound_ms, arrival.percentile, "LoadGen FindPeakPerformance")
+                details["arrival"] = _arrival_dict(arrival)  # the rate the timed run was measured at
             else:
                 notes.append("LoadGen's peak search found no rate meeting the bound; measured at the target rate")
             adapter.kept.clear()
@@ -434,6 +433,11 @@ def run_scenario(scenario: str, run: Callable[[Arrays], Arrays], samples: Sample
         raise RuntimeError(f"LoadGen {scenario} completed no query ({'; '.join(reasons) or 'no reason given'})")
     return LoadGenRun(samples_s, used, result, reasons, detail["summary"], adapter.check_kept(),
                       "loadgen", details, notes)
+
+
+def _arrival_dict(arrival: Arrival) -> dict[str, Any]:
+    return {"rate_hz": arrival.rate_hz, "latency_bound_ms": arrival.latency_bound_ms,
+            "percentile": arrival.percentile, "from": arrival.origin}
 
 
 def _fixed_rate(adapter: Adapter, settings: MeasureSettings, arrival: Arrival, seed: int,

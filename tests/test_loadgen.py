@@ -169,6 +169,7 @@ def test_server_find_peak_uses_loadgens_search():
     assert peak["peak_qps"] is None or peak["peak_qps"] > 0
     if peak["peak_qps"]:
         assert run.settings["server_target_qps"] == pytest.approx(peak["peak_qps"])
+        assert run.details["arrival"]["rate_hz"] == pytest.approx(peak["peak_qps"])
 
 
 @pytest.mark.parametrize("args, message", [
