@@ -34,7 +34,7 @@ class MeasureSettings:
     per second), `rate_hz` (fixed-rate, queries per second), `latency_bound_ms` and `percentile`
     (the bound the Server and fixed-rate verdicts check, e.g. 33 ms at p99), `find_peak` (Server:
     search the highest rate meeting the bound), `accuracy_log_probability` (share of timed
-    responses checked against the reference, 0..1; None = 0.05).
+    responses checked against the backend's own untimed answers, MLPerf TEST01, 0..1; None = 0.05).
     `quiet_cores`: other work (in cores busy) above which the machine is too busy and the cell
     NOISY, checked just before and after the timed run (chipbench.quiet; None: not checked)."""
 
