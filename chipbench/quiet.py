@@ -37,7 +37,7 @@ QUIET_ENV = "CHIPBENCH_QUIET_CORES"
 
 def default_quiet_cores() -> float | None:
     """The machine-quiet threshold in cores: CHIPBENCH_QUIET_CORES when set (a number >= 0, or
-    "off"/"none" for None: record, never judge), else DEFAULT_MAX_OTHERS_CORES. ValueError
+    "off"/"none" for None: neither sampled nor judged), else DEFAULT_MAX_OTHERS_CORES. ValueError
     naming the variable when it is neither."""
     text = os.environ.get(QUIET_ENV, "").strip()
     if not text:
