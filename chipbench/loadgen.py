@@ -41,6 +41,7 @@ from chipbench.accuracy import Tolerance, check, fidelity
 from chipbench.backends.base import Arrays
 from chipbench.sample_library import SampleSet
 from chipbench.scenarios import DEFAULT_SAMPLES_PER_QUERY, MeasureSettings
+from chipbench.workloads.base import DEFAULT_ARRIVAL, Arrival
 
 DEFAULT_ACCURACY_LOG_PROBABILITY = 0.05  # share of timed responses checked (TEST01)
 MAX_KEPT_RESPONSES = 256  # responses kept for the check at most (memory bound)
@@ -75,23 +76,10 @@ def loadgen_version() -> str | None:
         return None
 
 
-@dataclass(frozen=True)
-class Arrival:
-    """The arrival settings a scenario ran with: rate (queries/s), latency bound (ms) at a
-    percentile, samples per query; `origin` says whether they came from the cell's settings
-    or the workload's definition."""
-
-    rate_hz: float
-    latency_bound_ms: float
-    percentile: float
-    origin: str
-
-
 def arrival_for(settings: MeasureSettings, workload, scenario: str) -> Arrival:
-    """The cell's arrival settings: each one the cell sets, else the workload's `arrival`
-    (chipbench.workloads.base.Arrival), else DEFAULT_ARRIVAL (a kernel or a foreign model)."""
-    from chipbench.workloads.base import DEFAULT_ARRIVAL
-
+    """The cell's arrival settings: each one the cell sets, else the workload's `arrival`, else
+    DEFAULT_ARRIVAL (a kernel or a foreign model). The result's `why` says where they came
+    from: "cell settings", "workload" or "cell settings + workload"."""
     base = getattr(workload, "arrival", None) or DEFAULT_ARRIVAL
     rate = settings.rate_hz if scenario == "fixed-rate" else settings.target_qps
     given = [x for x in (rate, settings.latency_bound_ms, settings.percentile) if x is not None]
@@ -437,7 +425,7 @@ def run_scenario(scenario: str, run: Callable[[Arrays], Arrays], samples: Sample
 
 def _arrival_dict(arrival: Arrival) -> dict[str, Any]:
     return {"rate_hz": arrival.rate_hz, "latency_bound_ms": arrival.latency_bound_ms,
-            "percentile": arrival.percentile, "from": arrival.origin}
+            "percentile": arrival.percentile, "from": arrival.why}
 
 
 def _fixed_rate(adapter: Adapter, settings: MeasureSettings, arrival: Arrival, seed: int,
