@@ -465,7 +465,7 @@ def null_overhead(scenario: str = "single-stream", queries: int = 20_000, seed: 
     def null_run(_inputs: Arrays) -> Arrays:
         return out
 
-    samples = SampleSet([x] * 32, [out] * 32, 1, "null")
+    samples = SampleSet([x] * 32, 1, "null")
     batch = DEFAULT_SAMPLES_PER_QUERY if scenario in ("multi-stream", "offline") else 1
     settings = MeasureSettings(warmup_count=100, warmup_s=0.0, min_count=queries, max_count=queries,
                                min_duration_s=0.0, max_duration_s=60.0, accuracy_log_probability=0.0)

@@ -44,7 +44,7 @@ def sample_set(prep, seed: int) -> SampleSet:
     the cell's own inputs otherwise (a kernel case, a foreign model)."""
     if prep.workload is not None:
         return workload_samples(prep.workload, None, seed)
-    return cell_samples(prep.prepared.inputs, prep.prepared.reference, prep.batch)
+    return cell_samples(prep.prepared.inputs, prep.batch)
 
 
 def run_cell_scenario(cell, prep, compiled, device: dict | None) -> ScenarioResult:

@@ -20,10 +20,11 @@ SHORT = MeasureSettings(warmup_count=2, warmup_s=0.0, min_count=200, min_duratio
 
 
 def doubling_samples(n: int = 16) -> SampleSet:
-    """Samples whose reference is twice the input: a run must look at its input to be right."""
+    """Distinct samples whose right answer is twice the input (`double`): a run must look at its
+    input to be right."""
     rng = np.random.default_rng(0)
     items = [{"x": rng.standard_normal((1, 4)).astype(np.float32)} for _ in range(n)]
-    return SampleSet(items, [{"y": it["x"] * 2} for it in items], 1, "test")
+    return SampleSet(items, 1, "test")
 
 
 def double(inputs):
