@@ -17,7 +17,6 @@ scenarios is `chipbench.loadgen`.
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from chipbench.generation import Generated, Prompt, Timed
+from chipbench.loadgen import loadgen_version, log_folder, start_test
 from chipbench.scenarios import MeasureSettings
 
 
@@ -81,32 +81,12 @@ def loadgen_issue(one: Callable[[int, Callable[[int], None] | None], Generated],
             keep.clear()
 
     ts = loadgen_settings(settings, lg)
-    sut = lg.ConstructSUT(issue, lambda: None)
-    qsl = lg.ConstructQSL(len(prompts), len(prompts), lambda _ids: None, lambda _ids: None)
-    try:
-        with tempfile.TemporaryDirectory(prefix="chipbench-loadgen-") as tmp:
-            log = lg.LogSettings()
-            log.log_output.outdir = tmp
-            log.log_output.copy_summary_to_stdout = False
-            log.enable_trace = False
-            lg.StartTestWithLogSettings(sut, qsl, ts, log)
-            summary_path = Path(tmp) / "mlperf_log_summary.txt"
-            summary = summary_path.read_text() if summary_path.exists() else ""
-    finally:
-        lg.DestroyQSL(qsl)
-        lg.DestroySUT(sut)
+    with log_folder() as tmp:
+        summary = start_test(issue, lambda: None, len(prompts), ts, Path(tmp), trace=False)["summary"]
     parsed = parse_summary(summary)
-    part = {"version": getattr(lg, "__version__", None) or _version(), "scenario": "SingleStream",
+    part = {"version": loadgen_version(), "scenario": "SingleStream",
             "settings": {k: getattr(ts, k) for k in ("use_token_latencies", "min_query_count", "max_query_count",
                                                      "min_duration_ms", "max_duration_ms")},
             **parsed, "issuer": "loadgen", "summary": summary}
     return Timed(queries, "loadgen", None, part)
 
-
-def _version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mlcommons-loadgen")
-    except PackageNotFoundError:
-        return None

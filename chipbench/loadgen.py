@@ -327,18 +327,20 @@ def log_folder() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="loadgen-", dir=inside)
 
 
-def start_test(adapter: Adapter, ts, folder: Path, trace: bool) -> dict[str, Any]:
-    """Run one LoadGen test over `adapter` with settings `ts`, logs in `folder`; returns the
-    parsed detail log plus "summary" (the summary text) and "wall_s"."""
+def start_test(issue: Callable[[list], None], flush: Callable[[], None], sample_count: int, ts, folder: Path,
+               trace: bool) -> dict[str, Any]:
+    """Run one LoadGen test with settings `ts` over a system under test (`issue`, `flush`:
+    LoadGen's IssueQuery and FlushQueries callbacks) and a library of `sample_count` samples
+    held in memory, logs in `folder`; returns the parsed detail log plus "summary" (the
+    summary text) and "wall_s"."""
     lg = loadgen_module()
     folder.mkdir(parents=True, exist_ok=True)
     log = lg.LogSettings()
     log.log_output.outdir = str(folder)
     log.log_output.copy_summary_to_stdout = False
     log.enable_trace = trace
-    n = len(adapter.samples)
-    sut = lg.ConstructSUT(adapter.issue, adapter.flush)
-    qsl = lg.ConstructQSL(n, n, lambda _: None, lambda _: None)  # samples are in memory already
+    sut = lg.ConstructSUT(issue, flush)
+    qsl = lg.ConstructQSL(sample_count, sample_count, lambda _: None, lambda _: None)  # in memory already
     t0 = time.perf_counter()
     try:
         # an audit.config in the working folder would change the test: point LoadGen elsewhere
@@ -392,7 +394,7 @@ def run_scenario(scenario: str, run: Callable[[Arrays], Arrays], samples: Sample
         folder = Path(tmp)
         if scenario == "server" and settings.find_peak:
             ts, used = test_settings(scenario, settings, arrival, query_s, expected_qps, seed, find_peak=True)
-            peak_detail = start_test(adapter, ts, folder / "peak", trace=False)
+            peak_detail = start_test(adapter.issue, adapter.flush, len(samples), ts, folder / "peak", trace=False)
             peak = peak_of(peak_detail)
             details["find_peak"] = {"method": "LoadGen FindPeakPerformance", "peak_qps": peak,
                                     "latency_bound_ms": arrival.latency_bound_ms, "percentile": arrival.percentile,
@@ -405,7 +407,8 @@ def run_scenario(scenario: str, run: Callable[[Arrays], Arrays], samples: Sample
             adapter.kept.clear()
         ts, used = test_settings(scenario, settings, arrival, query_s, expected_qps, seed)
         adapter.run_s.clear()
-        detail = start_test(adapter, ts, folder / "run", trace=scenario != "offline")
+        detail = start_test(adapter.issue, adapter.flush, len(samples), ts, folder / "run",
+                            trace=scenario != "offline")
         if scenario == "offline":
             samples_s = list(adapter.run_s)
             details["samples_per_s"] = detail.get("result_samples_per_second")
