@@ -113,6 +113,7 @@ def run(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report after the sweep.")] = True,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads each backend runs with (default: every usable core).")] = None,
     pin: Annotated[Optional[str], typer.Option("--pin", help="CPUs each cell runs on, e.g. 0,1 or 0-3 (recorded with the threads).")] = None,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Run every cell this many times, each in a fresh process, in rounds; `compare` then sees run-to-run noise (3 or more).")] = 1,
 ) -> None:
     """Run cells (from flags or a suite), store a record per cell, then write the report.
 
@@ -162,7 +163,7 @@ def run(
         todo = [c for c in cells if canonical(c.to_dict()) not in done]
         err.print(f"resume: {len(cells) - len(todo)} of {len(cells)} cell(s) already measured")
         cells = todo
-    records = sweep(cells, store)
+    records = sweep(cells, store, repeat)
     if report:
         _write_report(store, results_dir / "report.md", results_dir / "report.html")
     if any(r.status == "failed" for r in records):
@@ -184,19 +185,20 @@ def open_store(results_dir: Path):
     return store
 
 
-def sweep(cells, store) -> list:
-    """Run `cells` into `store`, a line per finished cell; a record that cannot be stored or a
+def sweep(cells, store, repeat: int = 1) -> list:
+    """Run `cells` into `store` (`repeat` invocations each), a line per finished cell; a record that cannot be stored or a
     signal ends the CLI with one line (exit 1, or 128 + the signal), keeping what finished."""
     from chipbench.runner import Interrupted, run_cells
     from chipbench.store import StoreError
 
-    err.print(f"chipbench: {len(cells)} cell(s) → {store.root}/")
+    times = f" × {repeat} invocations" if repeat > 1 else ""
+    err.print(f"chipbench: {len(cells)} cell(s){times} → {store.root}/")
     try:
-        return run_cells(cells, store, on_done=_progress)
+        return run_cells(cells, store, on_done=_progress, repeat=repeat)
     except StoreError as exc:
         fail(f"{exc}; the sweep stopped, the record waits in {store.incoming_dir}/ for the next run", code=1)
     except Interrupted as exc:
-        fail(f"interrupted by {exc} after {exc.done} of {len(cells)} cell(s); every finished cell is stored; "
+        fail(f"interrupted by {exc} after {exc.done} of {len(cells) * repeat} cell(s); every finished cell is stored; "
              f"run again with --resume to go on", code=128 + exc.signum)
 
 

@@ -13,6 +13,15 @@ Nagaraja, *Order Statistics*, 3rd ed., 2003, §2.1); for an even n the next orde
 U + (1 - U) Beta(1, n - k). So each bootstrap median costs two Beta draws whatever n is, and
 has exactly the distribution of `np.median` of a resample (Efron and Tibshirani, *An
 Introduction to the Bootstrap*, 1993, ch. 13, percentile intervals).
+
+A cell run several times in one sweep (`chipbench run --repeat K`: each invocation a fresh
+process) is compared on all its invocations: a side's location is the geometric mean of its
+invocations' medians, and its bootstrap resamples the invocations first, then the samples
+within each (the two-stage bootstrap of Davison and Hinkley, *Bootstrap Methods and their
+Application*, 1997, §3.8; repetition at the level of invocations after Kalibera and Jones,
+"Rigorous Benchmarking in Reasonable Time", ISMM 2013). One invocation a side leaves the
+variance between processes out of the interval: measured on a shared 2-core VM it is larger
+than the noise within a run, so such a comparison says so, cell by cell.
 """
 
 from __future__ import annotations
@@ -129,12 +138,23 @@ def match_key(rec: RunRecord, with_host: bool) -> str:
     return replace(rec, provenance=prov).cell_key()
 
 
-def newest_per_cell(records: Iterable[RunRecord], with_host: bool) -> dict[str, RunRecord]:
-    """The newest record of each cell (records come oldest first, as the store gives them)."""
-    out: dict[str, RunRecord] = {}
+def invocations_per_cell(records: Iterable[RunRecord], with_host: bool) -> dict[str, list[RunRecord]]:
+    """Each cell's newest record with the other invocations of its sweep (records come oldest
+    first, as the store gives them; a record without a sweep stands alone)."""
+    by_cell: dict[str, list[RunRecord]] = {}
     for rec in records:
-        out[match_key(rec, with_host)] = rec
+        by_cell.setdefault(match_key(rec, with_host), []).append(rec)
+    out = {}
+    for key, recs in by_cell.items():
+        newest = recs[-1]
+        sweep = sweep_id(newest)
+        out[key] = [r for r in recs if sweep_id(r) == sweep] if sweep else [newest]
     return out
+
+
+def sweep_id(rec: RunRecord) -> str | None:
+    """The `chipbench run` a record came from (None for records made before sweeps were named)."""
+    return (rec.provenance.get("sweep") or {}).get("id")
 
 
 # ---- statistics -----------------------------------------------------------------------------
@@ -161,27 +181,61 @@ def bootstrap_medians(samples: np.ndarray, resamples: int, rng: np.random.Genera
 
 @dataclass(frozen=True)
 class Speedup:
-    """BASE median / NEW median (> 1: NEW is faster), with its `LEVEL` bootstrap interval
-    (None when there is none) and the bootstrap replicates behind it (for the geometric mean)."""
+    """BASE location / NEW location (> 1: NEW is faster), with its `LEVEL` bootstrap interval
+    (None when there is none) and the bootstrap replicates behind it (for the geometric mean).
+    `between_runs`: the interval includes the variance between invocations (two or more a side)."""
 
     estimate: float
     low: float | None = None
     high: float | None = None
     replicates: np.ndarray | None = field(default=None, repr=False, compare=False)
+    between_runs: bool = False
 
 
-def speedup(base_s: np.ndarray, new_s: np.ndarray, resamples: int = DEFAULT_RESAMPLES,
-            seed: int | Iterable[int] = 0) -> Speedup:
-    """Ratio of medians of two latency samples (same unit) with a percentile-bootstrap interval:
-    the two sides are resampled independently. ValueError when either is empty."""
-    base_s, new_s = np.asarray(base_s, dtype=np.float64), np.asarray(new_s, dtype=np.float64)
-    if base_s.size == 0 or new_s.size == 0:
+def location(runs: list[np.ndarray]) -> float:
+    """A side's location: the geometric mean of its invocations' medians (the median itself for
+    one invocation), in the samples' unit. ValueError when a run is empty."""
+    if any(np.asarray(r).size == 0 for r in runs) or not runs:
         raise ValueError("no samples")
+    return float(np.exp(np.mean([np.log(np.median(r)) for r in runs])))
+
+
+def bootstrap_locations(runs: list[np.ndarray], resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """`resamples` bootstrap replicates of `location(runs)`: the m invocations are drawn m times
+    with replacement, then each drawn invocation's median from its own bootstrap law
+    (`bootstrap_medians`, an independent draw each time it is drawn). One invocation: the
+    bootstrap of its median."""
+    m = len(runs)
+    if m == 1:
+        return bootstrap_medians(runs[0], resamples, rng)
+    # draws[j, k, r]: a bootstrap median of invocation j for slot k of replicate r
+    draws = np.stack([bootstrap_medians(r, m * resamples, rng).reshape(m, resamples) for r in runs])
+    pick = rng.integers(0, m, size=(m, resamples))
+    chosen = draws[pick, np.arange(m)[:, None], np.arange(resamples)[None, :]]
+    return np.exp(np.mean(np.log(chosen), axis=0))
+
+
+def speedup(base_s: np.ndarray | list[np.ndarray], new_s: np.ndarray | list[np.ndarray],
+            resamples: int = DEFAULT_RESAMPLES, seed: int | Iterable[int] = 0) -> Speedup:
+    """Ratio of the two sides' locations with a percentile-bootstrap interval, the sides
+    resampled independently. Each side is one latency sample (one invocation) or a list of
+    them (one per invocation), all in one unit. ValueError when a side has no samples."""
+    base_runs, new_runs = _runs(base_s), _runs(new_s)
     rng = np.random.default_rng(seed)
-    ratios = bootstrap_medians(base_s, resamples, rng) / bootstrap_medians(new_s, resamples, rng)
+    ratios = bootstrap_locations(base_runs, resamples, rng) / bootstrap_locations(new_runs, resamples, rng)
     alpha = (1 - LEVEL) / 2
     lo, hi = np.quantile(ratios, [alpha, 1 - alpha])
-    return Speedup(float(np.median(base_s) / np.median(new_s)), float(lo), float(hi), ratios)
+    return Speedup(location(base_runs) / location(new_runs), float(lo), float(hi), ratios,
+                   between_runs=min(len(base_runs), len(new_runs)) >= 2)
+
+
+def _runs(side: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
+    if isinstance(side, np.ndarray) or not len(side) or np.isscalar(side[0]):
+        side = [side]  # one invocation's samples
+    runs = [np.asarray(r, dtype=np.float64) for r in side]
+    if not runs or any(r.size == 0 for r in runs):
+        raise ValueError("no samples")
+    return runs
 
 
 def verdict(s: Speedup, threshold: float) -> str:
@@ -239,6 +293,9 @@ class CellComparison:
     median_new_ms: float | None = None
     n_base: int | None = None
     n_new: int | None = None
+    runs_base: int = 1  # invocations compared on each side (chipbench run --repeat)
+    runs_new: int = 1
+    between_runs: bool = False  # the interval includes the variance between invocations
     speedup: float | None = None
     ci95: tuple[float, float] | None = None
     verdict: str = ""
@@ -301,6 +358,7 @@ class Comparison:
                                                "cells": self.geomean_cells,
                                                "cells_without_samples": self.geomean_without_samples},
             "counts": self.counts(),
+            "cells_with_between_run_interval": sum(1 for c in self.cells if c.between_runs),
             "regressions": [f"{c.label}: {c.regression}" for c in self.regressions],
             "cells": [{**asdict(c), "ci95": list(c.ci95) if c.ci95 else None, "ids": list(c.ids)} for c in self.cells],
             "only_base": self.only_base, "only_new": self.only_new,
@@ -313,11 +371,13 @@ def _describe(rec: RunRecord) -> str:
             f"b{rec.batch} / {rec.scenario.get('name')}" + (f" on {hostname(rec)}" if hostname(rec) else ""))
 
 
-def _samples(side: Side, rec: RunRecord) -> np.ndarray | None:
+def _samples(side: Side, recs: list[RunRecord]) -> list[np.ndarray] | None:
+    """The raw samples of every invocation (seconds), or None when one is missing or damaged."""
     try:
-        return side.store.samples(rec)
+        runs = [side.store.samples(rec) for rec in recs]
     except StoreError:
         return None  # a damaged or missing samples file: compared on the stored median, said so
+    return None if any(r is None for r in runs) else runs
 
 
 def _accuracy(rec: RunRecord) -> tuple[float | None, float | None, str | None]:
@@ -338,42 +398,50 @@ def _accuracy_change(c: CellComparison) -> str | None:
     return "; ".join(changes) or None
 
 
-def compare_cell(base: Side, new: Side, rb: RunRecord, rn: RunRecord, threshold: float, resamples: int,
-                 seed: Iterable[int]) -> tuple[CellComparison, Speedup | None]:
-    """One matched pair of records as a CellComparison, and its Speedup (with the bootstrap
-    replicates) when both records are measurements."""
+def compare_cell(base: Side, new: Side, base_recs: list[RunRecord], new_recs: list[RunRecord], threshold: float,
+                 resamples: int, seed: Iterable[int]) -> tuple[CellComparison, Speedup | None]:
+    """One matched cell (each side its invocations of one sweep, newest last) as a
+    CellComparison, and its Speedup (with the bootstrap replicates) when every invocation on
+    both sides is a measurement."""
+    rb, rn = base_recs[-1], new_recs[-1]
     c = CellComparison(
         workload=str(rb.workload.get("name")), backend=str(rb.backend.get("name")), device=rb.device_id,
         precision=rb.precision, batch=rb.batch, scenario=str(rb.scenario.get("name")),
         host_base=hostname(rb), host_new=hostname(rn), status_base=rb.status, status_new=rn.status,
-        verdict_base=rb.verdict, verdict_new=rn.verdict, ids=(rb.id, rn.id))
+        verdict_base=rb.verdict, verdict_new=rn.verdict, ids=(rb.id, rn.id),
+        runs_base=len(base_recs), runs_new=len(new_recs))
     c.rel_l2_base, c.task_base, c.task_metric = _accuracy(rb)
     c.rel_l2_new, c.task_new, metric_new = _accuracy(rn)
     c.task_metric = c.task_metric or metric_new
-    if rb.status != "ok" or rn.status != "ok" or not rb.latency or not rn.latency:
+    measured = [r for r in base_recs + new_recs if r.status == "ok" and r.latency]
+    if len(measured) < len(base_recs) + len(new_recs):
         c.verdict = "not compared (not measured on both sides)"
         if rb.status == "ok" and rn.status != "ok":
             c.regression = f"measured in BASE, {rn.status} in NEW" + (f" ({rn.reason})" if rn.reason else "")
         c.accuracy_change = _accuracy_change(c)
         return c, None
-    c.median_base_ms, c.median_new_ms = rb.latency["median"], rn.latency["median"]
-    c.n_base, c.n_new = rb.latency.get("count"), rn.latency.get("count")
-    if not (c.median_base_ms > 0 and c.median_new_ms > 0):
+    medians_b = [r.latency["median"] for r in base_recs]
+    medians_n = [r.latency["median"] for r in new_recs]
+    if min(medians_b + medians_n) <= 0:
         c.verdict = "not compared (a median of zero)"
         c.accuracy_change = _accuracy_change(c)
         return c, None
-    sb, sn = _samples(base, rb), _samples(new, rn)
+    c.median_base_ms, c.median_new_ms = location(medians_b), location(medians_n)
+    c.n_base = sum(r.latency.get("count") or 0 for r in base_recs)
+    c.n_new = sum(r.latency.get("count") or 0 for r in new_recs)
+    sb, sn = _samples(base, base_recs), _samples(new, new_recs)
     if sb is None or sn is None:
         s = Speedup(c.median_base_ms / c.median_new_ms)
         c.verdict = NO_SAMPLES
-    elif min(sb.size, sn.size) < MIN_SAMPLES_FOR_INTERVAL:
-        s = Speedup(float(np.median(sb) / np.median(sn)))
+    elif min(sum(r.size for r in sb), sum(r.size for r in sn)) < MIN_SAMPLES_FOR_INTERVAL:
+        s = Speedup(location(sb) / location(sn))
         c.verdict = TOO_FEW
     else:
         s = speedup(sb, sn, resamples, seed)
         c.verdict = verdict(s, threshold)
     c.speedup = s.estimate
     c.ci95 = None if s.low is None else (s.low, s.high)
+    c.between_runs = s.between_runs
     c.accuracy_change = _accuracy_change(c)
     if c.verdict == SLOWER:
         c.regression = f"{(1 / s.estimate - 1) * 100:.1f} % slower (speedup {s.estimate:.3f}, 95 % CI {s.low:.3f}–{s.high:.3f})"
@@ -390,7 +458,7 @@ def compare(base: Side, new: Side, threshold: float = DEFAULT_THRESHOLD, resampl
     if resamples < 100:
         raise ValueError(f"resamples {resamples} < 100")
     across = "machine" in (base.selector.kind, new.selector.kind) or (len(base.hosts) == 1 and len(new.hosts) == 1)
-    b, n = newest_per_cell(base.records, not across), newest_per_cell(new.records, not across)
+    b, n = invocations_per_cell(base.records, not across), invocations_per_cell(new.records, not across)
     cells, speedups = [], []
     for i, key in enumerate(k for k in b if k in n):
         cell, s = compare_cell(base, new, b[key], n[key], threshold, resamples, (seed, i))
@@ -401,7 +469,7 @@ def compare(base: Side, new: Side, threshold: float = DEFAULT_THRESHOLD, resampl
     return Comparison(
         base=base.selector.text, new=new.selector.text, threshold=threshold, resamples=resamples, seed=seed,
         across_machines=across, cells=cells,
-        only_base=[_describe(r) for k, r in b.items() if k not in n],
-        only_new=[_describe(r) for k, r in n.items() if k not in b],
+        only_base=[_describe(r[-1]) for k, r in b.items() if k not in n],
+        only_new=[_describe(r[-1]) for k, r in n.items() if k not in b],
         geomean=g, geomean_cells=len(speedups),
         geomean_without_samples=sum(1 for s in speedups if s.replicates is None))

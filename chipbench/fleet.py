@@ -80,14 +80,15 @@ def width(key: tuple[str, int, str] | None) -> int:
 
 
 def spread(cells: list[C], run_one: Callable[[C], R], width_of: Callable[[tuple | None], int] = width,
-           ) -> Iterator[tuple[C, R]]:
+           key: Callable[[C], tuple | None] = fleet_key) -> Iterator[tuple[C, R]]:
     """Run `run_one` on every cell, yielding (cell, record) as each finishes. Consecutive cells
-    with the same RPC key form a group run `width_of(key)` at a time (threads, each waiting on
-    a cell subprocess); everything else runs one at a time in order. The caller consumes the
-    records in its own thread (storing, printing)."""
-    for key, group in groupby(cells, key=fleet_key):
+    with the same RPC key (`key(cell)`, fleet_key by default) form a group run
+    `width_of(key)` at a time (threads, each waiting on a cell subprocess); everything else
+    runs one at a time in order. The caller consumes the records in its own thread (storing,
+    printing)."""
+    for group_key, group in groupby(cells, key=key):
         members = list(group)
-        n = min(width_of(key), len(members))
+        n = min(width_of(group_key), len(members))
         if n <= 1:
             for cell in members:
                 yield cell, run_one(cell)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from chipbench.fleet import spread
+from chipbench.fleet import fleet_key, spread
 from chipbench.record import RunRecord
 from chipbench.store import ResultsStore, incoming_path
 from chipbench.suite import Cell
@@ -152,26 +152,37 @@ def stop_cells_on_signal() -> Iterator[None]:
 
 
 def run_cells(cells: list[Cell], store: ResultsStore,
-              on_done: Callable[[Cell, RunRecord], None] | None = None) -> list[RunRecord]:
-    """Run and store each cell in turn. Raises StoreError when a record cannot be stored (it
-    stays in `incoming/` for the next run) and Interrupted on SIGINT/SIGTERM."""
+              on_done: Callable[[Cell, RunRecord], None] | None = None, repeat: int = 1) -> list[RunRecord]:
+    """Run and store each cell `repeat` times, each time in a fresh process, in rounds (every
+    cell once, then every cell again): a machine's drift between processes then shows as the
+    spread of one cell's invocations rather than as a change of that cell (repetition at the
+    level of invocations, Kalibera and Jones, "Rigorous Benchmarking in Reasonable Time",
+    ISMM 2013). Every record says which `sweep` it belongs to: {"id", "invocation" (0-based),
+    "invocations"}; `chipbench compare` reads a cell's invocations of one sweep together.
+    Raises StoreError when a record cannot be stored (it stays in `incoming/` for the next
+    run) and Interrupted on SIGINT/SIGTERM. ValueError when `repeat` < 1."""
+    if repeat < 1:
+        raise ValueError(f"repeat {repeat} < 1")
     records: list[RunRecord] = []
     context = {"device_profile": device_summary(store.root)}
     # tvm-llvm-tuned finds the databases `chipbench tune` wrote under this results dir
     dirs = os.pathsep.join(filter(None, [str((store.root / "tuning").resolve()),
                                          os.environ.get("CHIPBENCH_TUNING_DIRS")]))
     env = {**cell_environment(), "CHIPBENCH_TUNING_DIRS": dirs}
+    sweep_id = uuid.uuid4().hex[:12]
+    jobs = [(cell, i) for i in range(repeat) for cell in cells]
 
-    def run_one(cell: Cell) -> tuple[RunRecord, Path]:
+    def run_one(job: tuple[Cell, int]) -> tuple[RunRecord, Path]:
         out = incoming_path(store, uuid.uuid4().hex[:12])
-        return run_isolated(cell, out, env, context), out
+        return run_isolated(job[0], out, env, context), out
 
     with stop_cells_on_signal():
         try:
             # cells sent to an RPC key run as many at once as it has servers; local ones in turn
-            for cell, (record, out) in spread(cells, run_one):
+            for (cell, i), (record, out) in spread(jobs, run_one, key=lambda job: fleet_key(job[0])):
                 if record.device_id != "cpu" and record.provenance.get("device_profile") is None:  # a GPU's own ceilings
                     record.provenance["device_profile"] = device_summary(store.root, record.provenance.get("device"))
+                record.provenance["sweep"] = {"id": sweep_id, "invocation": i, "invocations": repeat}
                 store.add(record)
                 out.unlink(missing_ok=True)
                 records.append(record)

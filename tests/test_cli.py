@@ -189,3 +189,17 @@ def test_bring_your_own_with_constant_of_shape_weights_and_external_data(tmp_pat
     by = {r["backend"]["name"]: r for r in records(tmp_path / "r")}
     assert by["ort-cpu"]["verdict"] == "VALID" and by["tvm-llvm"]["verdict"] == "VALID", by["tvm-llvm"]["reason"]
     assert by["tvm-llvm"]["coverage"]["status"]["ConstantOfShape"] == "ran"
+
+
+def test_repeat_runs_every_cell_again_in_rounds_and_compare_reads_the_invocations(tmp_path):
+    res = tmp_path / "res"
+    cli("run", "-w", "tiny-mlp", "-b", "null,ort-cpu", "--repeat", "2", *FAST, "--no-report", "--results-dir", res)
+    recs = sorted(records(res), key=lambda r: r["created"])
+    assert [(r["backend"]["name"], r["provenance"]["sweep"]["invocation"]) for r in recs] == [
+        ("null", 0), ("ort-cpu", 0), ("null", 1), ("ort-cpu", 1)]  # rounds, not one cell twice in a row
+    assert len({r["provenance"]["sweep"]["id"] for r in recs}) == 1
+    assert {r["provenance"]["sweep"]["invocations"] for r in recs} == {2}
+    out = tmp_path / "c.json"
+    cli("compare", res, res, "--json", out)
+    cells = json.loads(out.read_text())["cells"]
+    assert {(c["runs_base"], c["runs_new"], c["between_runs"]) for c in cells} == {(2, 2, True)}

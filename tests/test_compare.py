@@ -209,3 +209,61 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, args, names):
     assert r.exit_code == 2, r.output
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and names in lines[0], r.output
+
+
+# ---- repeated invocations: the variance between runs -----------------------------------------
+
+def _invocations(rng, m, factor=1.0, between=0.04, n=200):
+    """m invocations of one cell: each process lands on its own level (lognormal, `between`),
+    then 5 % noise within the run."""
+    return [factor * rng.lognormal(0, between) * rng.lognormal(0, 0.05, n) for _ in range(m)]
+
+
+def test_one_invocation_a_side_mistakes_run_to_run_drift_for_a_change_and_five_do_not():
+    rng = np.random.default_rng(21)
+    single = sum(verdict(speedup(_invocations(rng, 1), _invocations(rng, 1), seed=t), 0.05) != SAME
+                 for t in range(100))
+    repeated = sum(verdict(speedup(_invocations(rng, 5), _invocations(rng, 5), seed=t), 0.05) != SAME
+                   for t in range(100))
+    assert single >= 10  # the within-run interval is too narrow for drift between processes
+    assert repeated <= 5
+
+
+def test_repeated_invocations_still_catch_a_real_twenty_percent_slowdown():
+    rng = np.random.default_rng(22)
+    caught = sum(verdict(speedup(_invocations(rng, 5), _invocations(rng, 5, factor=1.2), seed=t), 0.05) == SLOWER
+                 for t in range(20))
+    assert caught >= 18
+
+
+def test_the_location_of_invocations_is_the_geometric_mean_of_their_medians():
+    runs = [np.array([1.0, 2.0, 3.0]), np.array([4.0, 8.0, 16.0])]
+    s = speedup(runs, [np.array([2.0, 4.0, 8.0])])
+    assert s.estimate == pytest.approx(np.sqrt(2.0 * 8.0) / 4.0) and not s.between_runs
+    assert speedup(runs, runs).between_runs
+
+
+def test_compare_reads_every_invocation_of_the_newest_sweep(tmp_path):
+    rng = np.random.default_rng(23)
+    store = ResultsStore(tmp_path / "s")
+    old = _record("vibration-cnn1d", "ort-cpu", 9e-3 * rng.lognormal(0, 0.05, 300), commit="aaaa1111")
+    store.add(old)  # an earlier single run of the same commit: not part of the sweep
+    for commit, ms in (("aaaa1111", 1.0), ("bbbb2222", 1.0)):
+        sweep = f"sweep-{commit}"
+        for i, run in enumerate(_invocations(rng, 3, factor=ms * 1e-3)):
+            rec = _record("vibration-cnn1d", "ort-cpu", run, commit=commit)
+            rec.provenance["sweep"] = {"id": sweep, "invocation": i, "invocations": 3}
+            store.add(rec)
+    js, md = tmp_path / "c.json", tmp_path / "c.md"
+    r = _run("commit:aaaa", "commit:bbbb", "--results-dir", store.root, "--json", js, "--md", md)
+    assert r.exit_code == 0, r.output
+    cell = json.loads(js.read_text())["cells"][0]
+    assert (cell["runs_base"], cell["runs_new"], cell["n_base"]) == (3, 3, 600) and cell["between_runs"]
+    assert cell["verdict"] == SAME  # the 9 ms run outside the sweep is not averaged in
+    assert "covers the variance between runs" in md.read_text()
+
+
+def test_one_invocation_a_side_is_said_in_the_output(tmp_path):
+    a, b = _stores(tmp_path)
+    r = _run(a.root, b.root)
+    assert "3 of 3 interval(s) come from one invocation on a side" in r.output
