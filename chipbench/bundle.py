@@ -18,7 +18,7 @@ from typing import Any
 from chipbench.bundle_format import (FORMAT, FORMAT_VERSION, INPUTS, MANIFEST, REFERENCE, RUNTIME_MODULES,
                                      file_entry, save_arrays)
 from chipbench.paths import atomic_write_text
-from chipbench.recording import finite
+from chipbench.measures import finite
 from chipbench.suite import Cell
 
 

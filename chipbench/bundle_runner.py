@@ -40,7 +40,8 @@ from chipbench.bundle_format import (INPUTS, REFERENCE, BundleError, bundle_memb
                                      load_arrays, records_document, verify)
 from chipbench.paths import atomic_write_text
 from chipbench.record import RunRecord
-from chipbench.recording import finite, measured_fields, this_machine, timed_run
+from chipbench.measures import finite
+from chipbench.recording import measured_fields, this_machine, timed_run
 from chipbench.validity import measurement_rule
 from chipbench.scenarios import SCENARIOS, MeasureSettings
 

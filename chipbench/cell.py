@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +27,14 @@ from chipbench.paths import atomic_write_text
 from chipbench.prepare import Prepared, prepare_workload, sha256_file
 from chipbench.record import RunRecord
 from chipbench.quiet import machine_load_dict, quiet_rule, try_sample
-from chipbench.recording import finite, measured_fields
+from chipbench.measures import Accuracy
+from chipbench.recording import measured_fields
 from chipbench.resources import PinError, ResourceLog, apply_pin, cpu_use
 from chipbench.scenario_run import run_cell_scenario
 from chipbench.scenarios import batch_for
 from chipbench.suite import Cell
 from chipbench.taskeval import calibration_for, task_accuracy
-from chipbench.validity import judge, measurement_rule
+from chipbench.validity import measurement_rule
 from chipbench.workloads.base import DEFAULT_TOLERANCES, Workload, get_workload
 
 
@@ -274,9 +275,8 @@ def _profile(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_inf
     failures = check(fid, prep.tolerance)
     prof = compiled.profile(prep.prepared.inputs, cell.profile_runs)
     prof.workload, prof.batch = cell.workload, prep.batch
-    accuracy = {"fidelity": fid.to_dict(), "tolerance": dict(vars(prep.tolerance)), "failures": failures, "task": None}
     return base_record(cell, "ok", "; ".join(failures) or None, **ran, compile=compile_info,
-                       accuracy=finite(accuracy), verdict="INVALID" if failures else "VALID",
+                       accuracy=Accuracy(fid, dict(vars(prep.tolerance)), tuple(failures)), verdict="INVALID" if failures else "VALID",
                        profile=prof.to_dict(), notes=prep.notes, work=prep.work)
 
 
@@ -306,7 +306,7 @@ def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_inf
     measured = measured_fields(timed.samples_s, prep.batch, outputs, prep.prepared.reference, prep.tolerance,
                                vars(prep.tolerance), seed=cell.seed, task=task,
                                rules=[measurement_rule(timed.stop_note), quiet], scenario=scenario)
-    measured["latency"].update(timed.latency_extra)
+    measured["latency"] = replace(measured["latency"], **timed.latency_extra)
     if timed.throughput:
         measured["throughput"] = timed.throughput
     return base_record(cell, "ok", measured.pop("reason"), **ran, compile=compile_info, **measured,

@@ -238,7 +238,7 @@ def _progress(cell, rec) -> None:
     if rec.status == "ok":
         color = {"VALID": "green", "NOISY": "yellow"}.get(rec.verdict, "red")
         if rec.latency:
-            figures = f"p50 {rec.latency['median']:.3g} ms, {rec.throughput['value']:.4g} {rec.throughput.get('unit', 'samples/s')}"
+            figures = f"p50 {rec.latency.median:.3g} ms, {rec.throughput.value:.4g} {rec.throughput.unit}"
         else:
             figures = f"end to end {rec.profile['e2e_ms']:.3g} ms, {len(rec.profile['ops'])} operators"
         err.print(f"  [{color}]{rec.verdict}[/{color}] {escape(cell.label())}: {figures}", markup=True, soft_wrap=True)

@@ -106,7 +106,7 @@ def import_cmd(
         fail(str(exc), code=1)
     for rec in records:
         device = rec.provenance.get("device", {})
-        what = f"{rec.verdict}, p50 {rec.latency['median']:.4g} ms" if rec.status == "ok" else f"{rec.status}: {rec.reason}"
+        what = f"{rec.verdict}, p50 {rec.latency.median:.4g} ms" if rec.status == "ok" else f"{rec.status}: {rec.reason}"
         err.print(f"imported {rec.id}: {rec.workload['name']} x {rec.backend['name']} on "
                   f"{device.get('name', '?')} ({what})", markup=False)
 

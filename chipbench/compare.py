@@ -381,9 +381,10 @@ def _samples(side: Side, recs: list[RunRecord]) -> list[np.ndarray] | None:
 
 
 def _accuracy(rec: RunRecord) -> tuple[float | None, float | None, str | None]:
-    acc = rec.accuracy or {}
-    task = acc.get("task") or {}
-    return (acc.get("fidelity") or {}).get("rel_l2"), task.get("value"), task.get("metric")
+    if rec.accuracy is None:
+        return None, None, None
+    task = rec.accuracy.task or {}
+    return rec.accuracy.fidelity.rel_l2, task.get("value"), task.get("metric")
 
 
 def _accuracy_change(c: CellComparison) -> str | None:
@@ -420,15 +421,15 @@ def compare_cell(base: Side, new: Side, base_recs: list[RunRecord], new_recs: li
             c.regression = f"measured in BASE, {rn.status} in NEW" + (f" ({rn.reason})" if rn.reason else "")
         c.accuracy_change = _accuracy_change(c)
         return c, None
-    medians_b = [r.latency["median"] for r in base_recs]
-    medians_n = [r.latency["median"] for r in new_recs]
+    medians_b = [r.latency.median for r in base_recs]
+    medians_n = [r.latency.median for r in new_recs]
     if min(medians_b + medians_n) <= 0:
         c.verdict = "not compared (a median of zero)"
         c.accuracy_change = _accuracy_change(c)
         return c, None
     c.median_base_ms, c.median_new_ms = location(medians_b), location(medians_n)
-    c.n_base = sum(r.latency.get("count") or 0 for r in base_recs)
-    c.n_new = sum(r.latency.get("count") or 0 for r in new_recs)
+    c.n_base = sum(r.latency.count for r in base_recs)
+    c.n_new = sum(r.latency.count for r in new_recs)
     sb, sn = _samples(base, base_recs), _samples(new, new_recs)
     if sb is None or sn is None:
         s = Speedup(c.median_base_ms / c.median_new_ms)

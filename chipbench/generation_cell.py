@@ -28,9 +28,10 @@ from chipbench.backends.base import Compiled, CompileSpec, ModelSource, Unsuppor
 from chipbench.errors import one_line
 from chipbench.generation import (GenerationSettings, Generated, Prompt, first_mismatch, generate, loop_issue,
                                   prompt_set, settings_dict, summarize)
+from chipbench.measures import Accuracy, Throughput, finite
 from chipbench.paths import atomic_write_bytes, sha256_file
 from chipbench.prepare import EXPORTER, OPSET, PrepareError, _cached_dir, _store_key, export_key, export_onnx
-from chipbench.recording import finite
+from chipbench.stats import LatencyStats
 from chipbench.validity import judged
 
 
@@ -269,12 +270,12 @@ def _measure(cell, settings: GenerationSettings, graphs, prefill: Prefills, deco
         "per_prompt_len": summary["per_prompt_len"],
         "tokens_checked": {"queries": len(timed.queries), "mismatched_queries": len(mismatches)},
     }
-    accuracy = finite({"fidelity": fid.to_dict(), "tolerance": dict(vars(gate)), "failures": failures, "task": None})
+    accuracy = Accuracy(fid, dict(vars(gate)), tuple(failures))
     notes = ["latency is time to first token (TTFT); throughput is output tokens per second",
              *([timed.note] if timed.note else [])]
     # the accuracy rules decide; LoadGen's token-latency verdict is kept in `generation.loadgen`
-    judgement = judged(accuracy, summary["ttft"], None)
-    return base_record(cell, "ok", judgement.pop("reason"), **ran, compile=compile_info,
-                       latency=summary["ttft"],
-                       throughput={"value": summary["tokens_per_s"]["value"], "unit": "tokens/s"},
+    ttft = LatencyStats.from_dict(summary["ttft"])
+    judgement = judged(accuracy, ttft, None)
+    return base_record(cell, "ok", judgement.pop("reason"), **ran, compile=compile_info, latency=ttft,
+                       throughput=Throughput(summary["tokens_per_s"]["value"], "tokens/s"),
                        accuracy=accuracy, notes=notes, generation=finite(generation), **judgement)

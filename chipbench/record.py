@@ -6,10 +6,14 @@ import functools
 import hashlib
 import json
 import uuid
-from dataclasses import asdict, dataclass, field
+from copy import deepcopy
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
+
+from chipbench.measures import Accuracy, CompileCost, Resources, Throughput, plain, typed
+from chipbench.stats import LatencyStats
 
 SCHEMA_VERSION = 2
 STATUSES = ("ok", "skipped", "unsupported", "failed")
@@ -24,11 +28,11 @@ class RunRecord:
     scenario: dict[str, Any]  # name, settings
     status: str
     reason: str | None = None
-    latency: dict[str, Any] | None = None  # LatencyStats.to_dict()
-    throughput: dict[str, Any] | None = None  # {"value": float, "unit": "samples/s"}
-    accuracy: dict[str, Any] | None = None  # fidelity, tolerance, failures, task metric
+    latency: LatencyStats | None = None  # per-query ms, tails, raw samples
+    throughput: Throughput | None = None  # samples/s or tokens/s
+    accuracy: Accuracy | None = None  # fidelity, tolerance, failures, task metric
     verdict: str | None = None  # VALID / NOISY / INVALID (only for measured cells; chipbench.validity)
-    compile: dict[str, Any] = field(default_factory=dict)  # seconds, artifact_bytes
+    compile: CompileCost = field(default_factory=CompileCost)  # seconds, artifact_bytes
     provenance: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     coverage: dict[str, Any] | None = None  # ONNX operators: counts and what became of each
@@ -37,7 +41,7 @@ class RunRecord:
     profile: dict[str, Any] | None = None  # chipbench.opprofile.OpProfile.to_dict()
     energy: dict[str, Any] | None = None  # measured device energy over the timed run (chipbench.energy)
     generation: dict[str, Any] | None = None  # the generation scenario: TTFT, TPOT, tokens/s (chipbench.generation)
-    resources: dict[str, Any] | None = None  # memory, CPU use, cold start, threads, affinity (chipbench.resources)
+    resources: Resources | None = None  # memory, CPU use, cold start, threads, affinity (chipbench.resources)
     validity: list[dict[str, Any]] | None = None  # named rules behind the verdict (chipbench.validity)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
     schema_version: int = SCHEMA_VERSION
@@ -45,6 +49,12 @@ class RunRecord:
     id: str = ""
 
     def __post_init__(self) -> None:
+        # The measured parts are value objects (chipbench.measures); a stored record's dicts become them here.
+        self.latency = typed(LatencyStats, self.latency)
+        self.throughput = typed(Throughput, self.throughput)
+        self.accuracy = typed(Accuracy, self.accuracy)
+        self.compile = typed(CompileCost, self.compile or {})
+        self.resources = typed(Resources, self.resources)
         if not self.config_hash:
             self.config_hash = config_hash(self)
         if not self.id:
@@ -53,7 +63,10 @@ class RunRecord:
             self.id = uuid.uuid4().hex[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record's JSON form (chipbench/schema/run_record.schema.json), parts serialised."""
+        parts = ("latency", "throughput", "accuracy", "compile", "resources")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in parts}
+        return {**deepcopy(d), **{name: plain(getattr(self, name)) for name in parts}}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True, allow_nan=False, default=str)

@@ -6,27 +6,20 @@ numpy and a backend's runtime. `chipbench.cell` builds the same fields for in-pr
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from chipbench.accuracy import Tolerance, check, fidelity
 from chipbench.energy import Meter, meter_for
+from chipbench.measures import Accuracy, Throughput
 from chipbench.samples import encode as encode_samples
 from chipbench.scenarios import Measurement, MeasureSettings, measure, measure_on_device
 from chipbench.stats import LatencyStats
 from chipbench.validity import Rule, judged
 
 Arrays = dict[str, np.ndarray]
-
-
-def finite(value: Any) -> Any:
-    """JSON has no inf/nan: an unbounded tolerance or a diverged output is written as null."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(x) for k, x in value.items()}
-    return value
 
 
 def timed_run(run: Callable[[Arrays], Arrays], timer: Callable[[Arrays, int], list[float]] | None,
@@ -49,8 +42,8 @@ def measured_fields(samples_s: list[float], batch: int, outputs: Mapping[str, np
                     reference: Mapping[str, np.ndarray], gate: Tolerance, tolerance: Mapping[str, Any],
                     seed: int = 0, task: dict[str, Any] | None = None, rules: Sequence[Rule] = (),
                     scenario: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """latency (ms statistics of `samples_s`, seconds per query, with the raw samples kept in
-    `latency["samples"]`, chipbench.samples' encoding), throughput (batch × queries /
+    """latency (LatencyStats, ms, of `samples_s`, seconds per query, with the raw samples kept in
+    `latency.samples`, chipbench.samples' encoding), throughput (batch × queries /
     summed query seconds, samples/s), accuracy (fidelity of `outputs` to `reference` against
     `gate`: an output missing or misshapen fails it; and the task metric's result `task` with
     its failures, where there is one) and the verdict with its named rules (chipbench.validity:
@@ -59,13 +52,12 @@ def measured_fields(samples_s: list[float], batch: int, outputs: Mapping[str, np
     ValueError when there are no samples."""
     fid = fidelity(outputs, reference)
     failures = check(fid, gate) + list((task or {}).get("failures", []))
-    stats = LatencyStats.from_samples(samples_s, seed=seed)
+    stats = replace(LatencyStats.from_samples(samples_s, seed=seed), samples=encode_samples(samples_s))
     fields = {
-        "latency": {**stats.to_dict(), "samples": encode_samples(samples_s)},
+        "latency": stats,
         # samples per second: the batch that ran, never a guess from an input's first dimension
-        "throughput": {"value": batch * len(samples_s) / float(np.sum(samples_s)), "unit": "samples/s"},
-        "accuracy": finite({"fidelity": fid.to_dict(), "tolerance": dict(tolerance), "failures": failures,
-                            "task": task}),
+        "throughput": Throughput(batch * len(samples_s) / float(np.sum(samples_s)), "samples/s"),
+        "accuracy": Accuracy(fid, dict(tolerance), tuple(failures), task),
     }
     return {**fields, **judged(fields["accuracy"], fields["latency"], scenario, rules)}
 

@@ -17,8 +17,10 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from chipbench.measures import Resources
 from chipbench.paths import atomic_write_text
 from chipbench.record import RunRecord
+from chipbench.stats import LatencyStats
 from chipbench.tuning_curves import FAIR_RATIO
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
@@ -61,13 +63,13 @@ def fmt_bytes(n: int | None) -> str:
     return str(n)
 
 
-def p99_summary(latency: dict) -> str:
+def p99_summary(latency: LatencyStats) -> str:
     """p99 with its early-stopping bound, "1.23 ms (≤ 1.31 at 99 %)", or "not estimable (n = 20 <
     662)" (chipbench.tails); a record without tails (older ones) shows its bare p99."""
     from chipbench.tails import describe
 
-    tail = (latency.get("tails") or {}).get("p99")
-    return describe(tail) if tail else fmt_ms(latency["p99"])
+    tail = latency.tails.get("p99")
+    return describe(tail) if tail else fmt_ms(latency.p99)
 
 
 def cell_summary(rec: RunRecord | None) -> dict[str, str]:
@@ -76,13 +78,12 @@ def cell_summary(rec: RunRecord | None) -> dict[str, str]:
         return {"p50": "", "p99": "", "tput": "", "fid": "", "verdict": "not run", "untuned": ""}
     if rec.status != "ok":
         return {"p50": "–", "p99": "–", "tput": "–", "fid": "–", "verdict": rec.status.upper(), "untuned": ""}
-    fid = (rec.accuracy or {}).get("fidelity", {})
     untuned = "untuned" if (rec.backend.get("pipeline") or "").endswith("(untuned)") else ""
     return {
-        "p50": fmt_ms(rec.latency["median"]),
+        "p50": fmt_ms(rec.latency.median),
         "p99": p99_summary(rec.latency),
-        "tput": fmt_num(rec.throughput["value"], 4),
-        "fid": fmt_num(fid.get("rel_l2"), 2),
+        "tput": fmt_num(rec.throughput.value, 4),
+        "fid": fmt_num(rec.accuracy.fidelity.rel_l2 if rec.accuracy else None, 2),
         "verdict": (rec.verdict or "") + issuer_verdict(rec),
         "untuned": untuned,
     }
@@ -161,16 +162,16 @@ def precision_rows(records: list[RunRecord]) -> list[PrecisionRow]:
         if len(precs) < 2:
             continue
         base = precs.get("fp32")
-        base_p50 = base.latency["median"] if base and base.status == "ok" else None
+        base_p50 = base.latency.median if base and base.status == "ok" and base.latency else None
         for precision in ("fp32", "fp16", "bf16", "int8"):
             r = precs.get(precision)
             if r is None:
                 continue
-            p50 = r.latency["median"] if r.status == "ok" else None
+            p50 = r.latency.median if r.status == "ok" and r.latency else None
             rows.append(PrecisionRow(
                 workload, backend, precision, p50,
                 base_p50 / p50 if base_p50 and p50 else None,
-                ((r.accuracy or {}).get("fidelity") or {}).get("rel_l2"),
+                r.accuracy.fidelity.rel_l2 if r.accuracy else None,
                 task_summary(r), r.verdict or r.status.upper()))
     return rows
 
@@ -184,31 +185,30 @@ def energy_summary(r: RunRecord) -> str:
 
 def resource_cells(r: RunRecord) -> dict[str, str]:
     """The record's `resources` (chipbench.resources) as the report's table shows them."""
-    res = r.resources or {}
-    cpu = res.get("cpu") or {}
-    threads = res.get("threads") or {}
-    load = res.get("machine_load") or {}
+    res = r.resources or Resources()
+    threads = res.threads or {}
+    load = res.machine_load or {}
 
     def others(when: str) -> str:
         sample = load.get(when)
         return "–" if not sample else fmt_num(sample.get("others_cores"), 2)
 
-    first = res.get("first_inference_s")
+    first = res.first_inference_s
     return {
-        "rss": fmt_bytes(res.get("peak_rss_bytes")),
-        "busy": fmt_num(cpu.get("cores_busy")),
-        "util": f"{cpu['utilisation'] * 100:.0f} %" if cpu.get("utilisation") is not None else "–",
-        "load": fmt_num(res.get("load_s")),
+        "rss": fmt_bytes(res.peak_rss_bytes),
+        "busy": fmt_num(res.cpu.cores_busy if res.cpu else None),
+        "util": f"{res.cpu.utilisation * 100:.0f} %" if res.cpu else "–",
+        "load": fmt_num(res.load_s),
         "first": fmt_ms(first * 1e3 if first is not None else None),
         "threads": "/".join("–" if threads.get(k) is None else str(threads.get(k))
                             for k in ("requested", "backend", "process")),
-        "cpus": (res.get("affinity") or {}).get("cpus") or "–",
+        "cpus": (res.affinity or {}).get("cpus") or "–",
         "others": f"{others('start')} / {others('end')}" if load else "not measured",
     }
 
 
 def task_summary(r: RunRecord) -> str:
-    task = (r.accuracy or {}).get("task")
+    task = r.accuracy.task if r.accuracy else None
     if not task:
         return "–"
     return f"{task['metric']} {task['value']:.4g} (FP32 {task['reference']:.4g}, n={task['samples']})"
@@ -320,7 +320,7 @@ def gather_extras(records: list[RunRecord], results_dir: Path | None, profiles: 
                 continue
             label = f"{r.workload['name']} {r.backend['name']}" + ("" if r.batch == 1 else f" b{r.batch}")
             label += "" if device is not None and roof.key == device.key else f" @ {roof.machine.cpu}"
-            seconds = r.latency["median"] / 1e3
+            seconds = r.latency.median / 1e3
             point = place(roof, label, r.work["flops"], r.work["bytes"], seconds)
             extras.points.append((r, point))
             roofs.setdefault(roof.key, (roof, []))[1].append(point)

@@ -48,7 +48,7 @@ TVM_NOTICES = ("LICENSE", "NOTICE")
 FFI_SKIP = {"include", "src", "3rdparty", "cython", "stub", "share", "__pycache__"}  # C++ and build inputs
 # The runner's modules (chipbench.bundle_runner imports these and nothing else of chipbench).
 CHIPBENCH_FILES = ("__init__.py", "accuracy.py", "bundle_format.py", "bundle_runner.py", "energy.py", "gpu.py",
-                   "machine.py", "migrate.py", "paths.py", "quiet.py",
+                   "machine.py", "measures.py", "migrate.py", "paths.py", "quiet.py", "resources.py",
                    "record.py", "recording.py", "rpc_server.py", "runtime_guard.py", "samples.py", "scenarios.py",
                    "stats.py", "tails.py", "validity.py", "schema/run_record.schema.json")
 BACKEND_FILES = ("__init__.py", "tvm_runtime.py", "ort_runtime.py")

@@ -56,10 +56,3 @@ def decode(stored: Mapping[str, Any]) -> np.ndarray:
     if x.size != stored.get("count"):
         raise SamplesError(f"latency samples hold {x.size} values, the record says {stored.get('count')}")
     return x
-
-
-def record_samples(latency: Mapping[str, Any] | None) -> np.ndarray | None:
-    """A record's raw latencies in seconds from its `latency` part, or None when it kept none
-    (records written before samples were kept). SamplesError when they are there but damaged."""
-    stored = (latency or {}).get("samples")
-    return None if stored is None else decode(stored)

@@ -12,9 +12,12 @@ from chipbench.tails import TailEstimate, tails
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Per-query latency in milliseconds. p90/p99/p999 are numpy's interpolated sample
-    percentiles whatever the count; `tails` holds the same three with their early-stopping
-    upper bounds, or "not estimable" where the count cannot support them (chipbench.tails)."""
+    """Per-query latency in milliseconds: the record's `latency` part. p90/p99/p999 are numpy's
+    interpolated sample percentiles whatever the count; `tails` holds the same three with their
+    early-stopping upper bounds, or "not estimable" where the count cannot support them
+    (chipbench.tails). `samples`: the raw per-query latencies (seconds) as chipbench.samples
+    encodes them (the store's index keeps their count only); `bare_loop_median_ms`: the bare
+    timing loop's median, kept where LoadGen's own per-query cost is a visible share."""
 
     count: int
     median: float
@@ -28,6 +31,8 @@ class LatencyStats:
     unit: str = "ms"
     p999: float | None = None
     tails: dict[str, TailEstimate] = field(default_factory=dict)
+    samples: dict | None = field(default=None, repr=False)
+    bare_loop_median_ms: float | None = None
 
     @classmethod
     def from_samples(cls, seconds: np.ndarray | list[float], seed: int = 0, resamples: int = 1000) -> LatencyStats:
@@ -49,10 +54,20 @@ class LatencyStats:
         )
 
     def to_dict(self) -> dict:
+        """The record's JSON form (chipbench/schema/run_record.schema.json `latency`)."""
         d = asdict(self)
         d["median_ci95"] = list(self.median_ci95)
         d["tails"] = {name: t.to_dict() for name, t in self.tails.items()}
-        return d
+        return {k: v for k, v in d.items() if v is not None and v != {}}  # what a record lacks stays absent
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LatencyStats:
+        """The latency part of a stored record (schema 1 or 2: tails, p999 and samples optional).
+        KeyError or TypeError when a required figure is missing."""
+        d = dict(data)
+        d["median_ci95"] = tuple(d["median_ci95"])
+        d["tails"] = {name: TailEstimate.from_dict(name, int(d["count"]), t) for name, t in (d.get("tails") or {}).items()}
+        return cls(**d)
 
 
 BOOTSTRAP_MAX_N = 5000

@@ -211,7 +211,7 @@ class ResultsStore:
         """The record's raw per-query latencies in seconds (run order), or None when it kept none
         (older records). The index row holds only their count; the data is read from the
         record's JSON file. Raises StoreError when that file is gone or its samples are damaged."""
-        stored = (record.latency or {}).get("samples")
+        stored = record.latency.samples if record.latency else None
         if stored is None:
             return None
         if "data" not in stored:

@@ -109,6 +109,13 @@ class TailEstimate:
         return {"value": self.value, "upper_bound": self.upper_bound, "estimable": self.estimable,
                 "min_count": self.min_count, "reason": self.reason, "confidence": self.confidence}
 
+    @classmethod
+    def from_dict(cls, name: str, count: int, data: dict) -> TailEstimate:
+        """The estimate a record stored as `to_dict` gave it, for the percentile `name` (p90, p99,
+        p999) of `count` samples. KeyError for another name."""
+        return cls(name, dict(TAIL_PERCENTILES)[name], count, int(data["min_count"]), data.get("value"),
+                   data.get("upper_bound"), float(data.get("confidence", CONFIDENCE)))
+
 
 def tail_estimate(ms: np.ndarray, name: str, p: float, confidence: float = CONFIDENCE) -> TailEstimate:
     """The `p` percentile of latencies `ms` (milliseconds, any order, n >= 1) with its bound."""
@@ -128,12 +135,11 @@ def tails(ms: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, TailEstim
     return {name: tail_estimate(ms, name, p, confidence) for name, p in TAIL_PERCENTILES}
 
 
-def describe(tail: dict | None, digits: int = 3) -> str:
-    """A record's tail (`latency["tails"][name]`) as a report shows it: "1.23 ms (≤ 1.31 at 99 %)"
+def describe(tail: TailEstimate | None, digits: int = 3) -> str:
+    """A record's tail (`latency.tails[name]`) as a report shows it: "1.23 ms (≤ 1.31 at 99 %)"
     or "not estimable (n = 20 < 662)"; "–" when the record has none."""
-    if not tail:
+    if tail is None:
         return "–"
-    if not tail.get("estimable"):
-        return tail.get("reason") or "not estimable"
-    conf = tail.get("confidence", CONFIDENCE) * 100
-    return f"{tail['value']:.{digits}g} ms (≤ {tail['upper_bound']:.{digits}g} at {conf:g} %)"
+    if not tail.estimable:
+        return tail.reason or "not estimable"
+    return f"{tail.value:.{digits}g} ms (≤ {tail.upper_bound:.{digits}g} at {tail.confidence * 100:g} %)"

@@ -45,7 +45,7 @@ def tuning_rows(records: list[RunRecord]) -> list[TuningRow]:
     def key(r: RunRecord) -> tuple:  # ratios only within one device
         return r.workload["name"], r.scenario["name"], r.precision, r.batch, r.device_id
 
-    medians = {(r.backend["name"], *key(r)): r.latency["median"]
+    medians = {(r.backend["name"], *key(r)): r.latency.median
                for r in records if r.status == "ok" and r.latency}
     rows = []
     for r in records:
@@ -61,7 +61,7 @@ def tuning_rows(records: list[RunRecord]) -> list[TuningRow]:
             trials=d.get("trials"), tuning_s=d.get("tuning_s"),
             search=" / ".join(str(v) for v in (search.get("cost_model"), search.get("strategy")) if v),
             untuned_ms=untuned if untuned is not None else d.get("tuner_untuned_ms"),
-            tuned_ms=r.latency["median"], ort_ms=ort if ort is not None else d.get("tuner_ort_ms"),
+            tuned_ms=r.latency.median, ort_ms=ort if ort is not None else d.get("tuner_ort_ms"),
             measured_here=untuned is not None and ort is not None, curve=d.get("tuning_curve") or [],
             tuner_ort_ms=d.get("tuner_ort_ms"))
         row.break_even = break_even(row.untuned_ms, row.tuned_ms, row.tuning_s or 0.0, row.ort_ms) or {}

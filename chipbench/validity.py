@@ -10,7 +10,7 @@ queries, early stopping, latency bound). The verdict of a measured cell is
   not of this backend: measure again on a quiet one);
 - VALID otherwise.
 
-Rules that derive from what a record already holds (`accuracy`, `latency["tails"]`,
+Rules that derive from what a record already holds (`accuracy`, `latency.tails`,
 `scenario["loadgen"]`) are recomputed by `judge`; rules only the harness can know (the timing
 loop's stop, the machine's load) come in as `extra` and are kept in `record.validity`.
 Pure Python: the bundle runner uses it on a machine with only numpy and a runtime.
@@ -20,7 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chipbench.measures import Accuracy
+    from chipbench.stats import LatencyStats
 
 VERDICTS = ("VALID", "NOISY", "INVALID")
 
@@ -83,36 +87,35 @@ def measurement_rule(note: str | None) -> Rule:
     return Rule(MIN_COUNT_DURATION, note is None, note)
 
 
-def accuracy_rules(accuracy: Mapping[str, Any] | None) -> list[Rule]:
+def accuracy_rules(accuracy: Accuracy | None) -> list[Rule]:
     """The accuracy gates of a record's `accuracy` part: fidelity to the FP32 reference (its
     failures are those of `failures` that are not the task metric's) and, where the workload
     has one, the task metric against the FP32 model's."""
     if not accuracy:
         return []
-    task = accuracy.get("task") or None
+    task = accuracy.task or None
     task_failures = list((task or {}).get("failures") or [])
-    fid_failures = [f for f in accuracy.get("failures") or [] if f not in task_failures]
+    fid_failures = [f for f in accuracy.failures if f not in task_failures]
     rules = [Rule(FIDELITY, not fid_failures, "; ".join(fid_failures) or None)]
     if task is not None:
         rules.append(Rule(TASK, not task_failures, "; ".join(task_failures) or None))
     return rules
 
 
-def tail_rule(latency: Mapping[str, Any] | None, scenario: Mapping[str, Any] | None) -> Rule | None:
+def tail_rule(latency: LatencyStats | None, scenario: Mapping[str, Any] | None) -> Rule | None:
     """The scenario's result percentile (METRIC_PERCENTILE) supported by the sample count, from
-    `latency["tails"][pXX]["estimable"]` (early-stopping bound, chipbench.stats); None (no
-    rule) where the record has no tails, names no scenario (a bundle's run), or its scenario
-    reports no latency percentile."""
-    tails = (latency or {}).get("tails")
+    `latency.tails[pXX].estimable` (early-stopping bound, chipbench.tails); None (no rule)
+    where the record has no tails, names no scenario (a bundle's run), or its scenario reports
+    no latency percentile."""
+    tails = latency.tails if latency else {}
     name = (scenario or {}).get("name")
     which = METRIC_PERCENTILE.get(name, "p99") if name else None
-    if not tails or which is None or which not in tails:
+    if which is None or which not in tails:
         return None
-    tail = tails[which] or {}
-    if tail.get("estimable"):
+    tail = tails[which]
+    if tail.estimable:
         return Rule(TAIL, True)
-    why = tail.get("reason") or f"not estimable (n = {(latency or {}).get('count')} < {tail.get('min_count')})"
-    return Rule(TAIL, False, f"{which} of {name}: {why}")
+    return Rule(TAIL, False, f"{which} of {name}: {tail.reason}")
 
 
 def loadgen_rules(scenario: Mapping[str, Any] | None) -> list[Rule]:
@@ -136,14 +139,14 @@ def loadgen_rules(scenario: Mapping[str, Any] | None) -> list[Rule]:
     return rules
 
 
-def derived_rules(accuracy: Mapping[str, Any] | None, latency: Mapping[str, Any] | None,
+def derived_rules(accuracy: Accuracy | None, latency: LatencyStats | None,
                   scenario: Mapping[str, Any] | None) -> list[Rule]:
     """Every rule that follows from a record's own fields (DERIVED_RULES), in report order."""
     tail = tail_rule(latency, scenario)
     return [*accuracy_rules(accuracy), *loadgen_rules(scenario), *([tail] if tail else [])]
 
 
-def judged(accuracy: Mapping[str, Any] | None, latency: Mapping[str, Any] | None,
+def judged(accuracy: Accuracy | None, latency: LatencyStats | None,
            scenario: Mapping[str, Any] | None, extra: Sequence[Rule] = ()) -> dict[str, Any]:
     """{"validity": [rule dicts], "verdict", "reason"} for these record parts and the `extra`
     rules (the measurement's and the machine's), as RunRecord keyword arguments."""

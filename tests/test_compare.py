@@ -173,7 +173,7 @@ def test_an_accuracy_regression_exits_1(tmp_path):
 def test_the_index_keeps_no_sample_data_and_the_store_reads_it_from_the_record_file(tmp_path):
     a, _ = _stores(tmp_path)
     rec = a.records()[0]
-    assert "data" not in rec.latency["samples"] and rec.latency["samples"]["count"] == 300
+    assert "data" not in rec.latency.samples and rec.latency.samples["count"] == 300
     assert a.samples(rec).shape == (300,)
 
 

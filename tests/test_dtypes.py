@@ -1,7 +1,6 @@
 """Every tensor type numpy can hold, at rank 0 and 2, round-trips through every ONNX backend;
 what numpy cannot hold is refused up front, naming the value and its type."""
 
-import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -34,7 +33,7 @@ def test_every_numpy_type_at_rank_0_and_2_round_trips(tmp_path, backend):
     cell = Cell(workload="types", backend=backend, model=str(model), settings=SETTINGS)
     record = execute(cell)
     assert record.status == "ok" and accurate(record), record.reason
-    assert record.accuracy["fidelity"]["outputs_compared"] == len(values)
+    assert record.accuracy.fidelity.outputs_compared == len(values)
 
 
 @pytest.mark.parametrize("elem, name", [(TensorProto.BFLOAT16, "bfloat16"), (TensorProto.STRING, "string"),

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -382,7 +381,7 @@ def test_cuda_cells_are_valid(backend, precision):
     if precision == "fp32":
         assert "TF32 off" in rec.backend["pipeline"]
         assert rec.backend["details"]["tf32"]["cuda.matmul.allow_tf32"] is False
-    assert rec.latency["count"] >= 20 and rec.latency["median"] > 0
+    assert rec.latency.count >= 20 and rec.latency.median > 0
     energy = rec.energy
     if energy is None:  # only where the GPU has neither NVML reading: the record says why
         assert any(n.startswith("energy not measured") for n in rec.notes)

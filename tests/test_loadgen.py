@@ -4,7 +4,6 @@ workload through a real backend."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

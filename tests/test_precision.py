@@ -18,11 +18,11 @@ def run(workload, backend, precision="fp32", **kw):
 def test_task_gate_catches_a_backend_that_is_fast_and_wrong():
     good = run("tiny-classifier", "ort-cpu", task_samples=64)
     assert accurate(good), good.validity
-    assert good.accuracy["task"]["value"] == good.accuracy["task"]["reference"] == 1.0
+    assert good.accuracy.task["value"] == good.accuracy.task["reference"] == 1.0
     # null hands back the outputs of the timed inputs whatever it is asked: fidelity holds on
     # those inputs, but on the test split its predictions are constant and the task gate trips.
     wrong = run("tiny-classifier", "null", task_samples=64)
-    assert wrong.accuracy["failures"] and wrong.verdict == "INVALID"
+    assert wrong.accuracy.failures and wrong.verdict == "INVALID"
     assert "accuracy" in wrong.reason and "gate 99%" in wrong.reason
 
 
@@ -33,7 +33,7 @@ def test_int8_cell_is_calibrated_and_within_its_tolerance(backend):
     assert rec.status == "ok", rec.reason
     assert accurate(rec), rec.validity
     assert "int8" in rec.backend["pipeline"]
-    assert rec.accuracy["fidelity"]["rel_l2"] > 0  # it really is quantized
+    assert rec.accuracy.fidelity.rel_l2 > 0  # it really is quantized
 
 
 def test_torch_bf16_and_unsupported_combinations_are_reported():

@@ -40,7 +40,7 @@ def test_below_the_minimum_count_a_tail_is_not_estimable():
     tail = tail_estimate(ms, "p99", 0.99)
     assert not tail.estimable and tail.value is None and tail.upper_bound is None
     assert tail.reason == "not estimable (n = 20 < 662)"
-    assert describe(tail.to_dict()) == "not estimable (n = 20 < 662)"
+    assert describe(tail) == "not estimable (n = 20 < 662)"
     at_661 = tail_estimate(np.arange(661.0), "p99", 0.99)
     at_662 = tail_estimate(np.arange(662.0), "p99", 0.99)
     assert not at_661.estimable and at_662.estimable
@@ -55,7 +55,7 @@ def test_the_bound_is_an_order_statistic_above_the_percentile():
     assert tail.upper_bound == np.sort(ms)[ms.size - t]
     assert tail.value == pytest.approx(np.percentile(ms, 99))
     assert tail.value < tail.upper_bound
-    assert describe(tail.to_dict()).endswith("at 99 %)")
+    assert describe(tail).endswith("at 99 %)")
 
 
 def test_the_bound_covers_the_true_percentile_at_least_99_percent_of_the_time():
@@ -73,8 +73,10 @@ def test_latency_stats_carry_p999_and_tails_in_the_shared_form():
     assert d["tails"]["p99"]["estimable"] and d["tails"]["p99"]["min_count"] == 662
     assert d["tails"]["p999"] == {"value": None, "upper_bound": None, "estimable": False, "min_count": 6636,
                                   "reason": "not estimable (n = 1000 < 6636)", "confidence": 0.99}
-    assert "≤" in p99_summary(d) and "at 99 %" in p99_summary(d)
-    old = {k: v for k, v in d.items() if k != "tails"}
+    stats = LatencyStats.from_dict(d)
+    assert stats == LatencyStats.from_samples(np.linspace(1e-3, 2e-3, 1000))  # the stored form reads back whole
+    assert "≤" in p99_summary(stats) and "at 99 %" in p99_summary(stats)
+    old = LatencyStats.from_dict({k: v for k, v in d.items() if k != "tails"})
     assert p99_summary(old) == f"{d['p99']:.3g}"  # records from before tails: the bare p99
 
 
@@ -106,8 +108,8 @@ def test_measured_fields_keep_the_samples_and_the_record_validates():
     x = np.random.default_rng(2).lognormal(-7, 0.2, 100_000)
     out = {"y": np.ones(3)}
     fields = measured_fields(list(x), 1, out, out, Tolerance(max_abs=1e-3, rel_l2=1e-3, min_cosine=0.99), {})
-    assert fields["latency"]["samples"]["count"] == 100_000
-    np.testing.assert_allclose(decode(fields["latency"]["samples"]), x, rtol=1e-7)
+    assert fields["latency"].samples["count"] == 100_000
+    np.testing.assert_allclose(decode(fields["latency"].samples), x, rtol=1e-7)
     rec = base_record(Cell(workload="vibration-cnn1d", backend="null"), "ok", **fields)
     validate(json.loads(rec.to_json()))
     assert len(rec.to_json()) < 600_000  # 100k float32 latencies: ~4.4 bytes each once encoded

@@ -204,7 +204,7 @@ def test_runs_valid_on_a_gpu(precision):
     assert device["kind"] == "cuda" and device["name"] and device["compute_capability"]
     arch = "sm_" + str(device["compute_capability"]).replace(".", "")
     assert rec.backend["details"]["device_code"] == [arch]
-    assert rec.latency["count"] >= 10 and rec.latency["min"] > 0
+    assert rec.latency.count >= 10 and rec.latency.min > 0
 
 
 @pytest.mark.gpu

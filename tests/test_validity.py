@@ -81,37 +81,27 @@ def test_only_soft_rules_make_noisy():
     assert verdict_of([Rule(FIDELITY, True), Rule(QUIET, True)]) == ("VALID", None)
 
 
-TAILS = {
-    "p90": {"value": 1.2, "upper_bound": None, "estimable": False, "min_count": 64,
-            "reason": "not estimable (n = 20 < 64)"},
-    "p99": {"value": None, "upper_bound": None, "estimable": False, "min_count": 662,
-            "reason": "not estimable (n = 20 < 662)"},
-}
-
-
 PROVENANCE = {"libraries": {}, "git_commit": None, "seed": 0, "config": {},
               "machine": {"cpu_model": "test", "cores": 2, "isa": [], "memory_gib": 1.0, "os": "Linux"}}
 
 
-def record(**parts) -> RunRecord:
-    f = fields(n=100)  # enough for single-stream's p90 (64)
-    latency = {**f["latency"], **parts.pop("latency", {})}
+def record(n=100, **parts) -> RunRecord:
+    f = fields(n=n)  # 100: enough for single-stream's p90 (64)
     return RunRecord(workload={"name": "w", "scenario": "", "params": {}}, backend={"name": "b", "versions": {}},
                      precision="fp32", batch=1, scenario=parts.pop("scenario", {"name": "single-stream", "settings": {}}),
-                     status="ok", reason=None, latency=latency, throughput=f["throughput"], accuracy=f["accuracy"],
+                     status="ok", reason=None, latency=f["latency"], throughput=f["throughput"], accuracy=f["accuracy"],
                      verdict=f["verdict"], validity=f["validity"], provenance=PROVENANCE, **parts)
 
 
 def test_the_scenarios_tail_must_be_supported_by_the_sample_count():
-    rec = record(latency={"tails": TAILS})
+    rec = record(n=20)
     judge(rec)
     assert rec.verdict == "INVALID"
     assert by_rule(rec.validity)[TAIL]["reason"] == "p90 of single-stream: not estimable (n = 20 < 64)"
-    estimable = {**TAILS, "p90": {**TAILS["p90"], "estimable": True, "reason": None}}
-    rec = record(latency={"tails": estimable})
+    rec = record(n=100)
     judge(rec)
     assert rec.verdict == "VALID" and by_rule(rec.validity)[TAIL]["passed"]  # p99 is not what single-stream rests on
-    rec = record(latency={"tails": TAILS}, scenario={"name": "offline", "settings": {}})
+    rec = record(n=20, scenario={"name": "offline", "settings": {}})
     judge(rec)
     assert rec.verdict == "VALID" and TAIL not in by_rule(rec.validity)  # offline reports throughput
 

@@ -47,7 +47,7 @@ def test_bundle_runner_overhead_against_the_in_process_harness(benchmark, backen
         for i in range(ROUNDS):
             rec = run_cell(cell)
             assert rec.status == "ok", rec.reason
-            harness.append(rec.latency["median"])
+            harness.append(rec.latency.median)
             out = tmp_path / f"records-{i}.json"
             proc = subprocess.run([sys.executable, "-m", "chipbench.bundle_runner", str(tmp_path / "bundle"),
                                    "--out", str(out)], capture_output=True, text=True, timeout=600)
@@ -79,7 +79,7 @@ def test_rpc_loopback_against_local(benchmark, tmp_path):
                 for cell, into in ((local, here), (remote, there)):
                     rec = run_cell(cell)
                     assert rec.status == "ok" and rec.verdict == "VALID", rec.reason
-                    into.append(rec.latency["median"])
+                    into.append(rec.latency.median)
             return here, there
 
         here, there = benchmark.pedantic(compare, rounds=1, iterations=1)
