@@ -113,6 +113,7 @@ def run(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report after the sweep.")] = True,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads each backend runs with (default: every usable core).")] = None,
     pin: Annotated[Optional[str], typer.Option("--pin", help="CPUs each cell runs on, e.g. 0,1 or 0-3 (recorded with the threads).")] = None,
+    no_transfer: Annotated[bool, typer.Option("--no-transfer", help="tvm-llvm-tuned: only a database tuned for this exact target, none transferred from another CPU's.")] = False,
 ) -> None:
     """Run cells (from flags or a suite), store a record per cell, then write the report.
 
@@ -147,7 +148,7 @@ def run(
                                timeout_s=timeout, seed=seed, task_samples=task_samples,
                                tuning_db=str(tuning_db) if tuning_db else None, device=device, target=target,
                                prompt_lens=_prompt_lens(prompt_lens), output_tokens=output_tokens,
-                               threads=threads, pin=pin)
+                               threads=threads, pin=pin, no_transfer=no_transfer or None)
         for cell in cells:
             check_cell(cell)
         cells = [cell.with_absolute_paths() for cell in cells]
@@ -500,6 +501,7 @@ def tune(
     cost_model: Annotated[str, typer.Option("--cost-model", help="auto (xgb when installed), random, xgb, mlp.")] = "auto",
     strategy: Annotated[str, typer.Option("--strategy", help="evolutionary-lite, evolutionary, replay-trace.")] = "evolutionary-lite",
     ship: Annotated[bool, typer.Option("--ship", help="Then copy the database, pruned to the best record per task, into results/tuned/.")] = False,
+    no_transfer: Annotated[bool, typer.Option("--no-transfer", help="Start from scratch, not from another CPU's database of the same model (its records re-measured here).")] = False,
     results_dir: ResultsDir = Path("results"),
 ) -> None:
     """MetaSchedule tuning for this CPU into a persistent, resumable database (used by tvm-llvm-tuned)."""
@@ -509,7 +511,7 @@ def tune(
         fail("give exactly one of -w WORKLOAD or -k KERNEL")
     try:
         result = do_tune(workload or kernel, trials, results_dir, rounds, kind="workload" if workload else "kernel",
-                         batch=batch, cost_model=cost_model, strategy=strategy)
+                         batch=batch, cost_model=cost_model, strategy=strategy, seed_transfer=not no_transfer)
     except TuningError as exc:
         fail(str(exc))
     for line in result.summary():

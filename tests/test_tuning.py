@@ -141,11 +141,13 @@ def test_lookup_is_exact_on_target_and_model(tuned, tmp_path):
     model, results, _, _, second = tuned
     backend = get_backend("tvm-llvm-tuned")
     source = ModelSource("two", model, ("x",), ("y",))
-    # another target: not found in the root, refused when the folder is named outright
+    # another target, transfer forbidden: not found in the root, refused when the folder is named
+    # outright (tests/test_tuning_transfer.py: what happens when transfer is allowed)
+    exact = {"no_transfer": True}
     with pytest.raises(Unsupported, match="no tuning database"):
-        backend.compile(source, CompileSpec(tuning_db=results / "tuning", target=OTHER_TARGET))
+        backend.compile(source, CompileSpec(tuning_db=results / "tuning", target=OTHER_TARGET, options=exact))
     with pytest.raises(Unsupported, match="was made for"):
-        backend.compile(source, CompileSpec(tuning_db=second.folder, target=OTHER_TARGET))
+        backend.compile(source, CompileSpec(tuning_db=second.folder, target=OTHER_TARGET, options=exact))
     # another graph (another hidden size) finds nothing; the same graph with other weights
     # (retrained) keeps its database: schedules do not depend on weight values
     other = two_layer(tmp_path / "other.onnx", hidden=48)
