@@ -243,9 +243,9 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
                     "focus": focus, "builders": builders, "weight_prepack": weight_prepack,
                     "threads": _cores(threads)}
         if seed_transfer and trials > 0 and record_count(folder) == 0:
-            seed = _transfer_seed(key, folder, Path(root) if root else Path(results_dir) / TUNING_SUBDIR, log)
-            if seed is not None:
-                job_base["seed_db"], meta["seeded_from"] = seed
+            seeding = _transfer_seed(key, folder, Path(root) if root else Path(results_dir) / TUNING_SUBDIR, log)
+            if seeding is not None:
+                job_base["seed_db"], meta["seeded_from"] = seeding
         runner = RoundRunner(folder, job_base, meta, curve, nice, round_timeout_s, log)
         notes: list[str] = []
         done = record_count(folder)

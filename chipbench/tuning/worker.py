@@ -86,7 +86,7 @@ def _seed(tasks: list, target: Any, database: Any, job: dict) -> dict:
     builder and runner the search uses, and committed with this machine's run times (the other
     machine's are never kept). MetaSchedule's evolutionary search draws its initial population
     from the best measured records in the database, so the search starts from these schedules.
-    Returns {"seeded": n, "failed": n, "tasks": [names]}."""
+    Returns {"seeded": n, "failed": n, "tasks": [names], "errors": {task: why}}."""
     from tvm.s_tir import meta_schedule as ms
 
     seeds = ms.database.JSONDatabase(work_dir=str(job["seed_db"]), module_equality="structural")
@@ -102,10 +102,12 @@ def _seed(tasks: list, target: Any, database: Any, job: dict) -> dict:
     builder, runner = make_builder_runner(int(job.get("builders") or job["threads"]), float(job["builder_timeout_s"]),
                                            float(job["runner_timeout_s"]))
     seeded: list[str] = []
+    errors: dict[str, str] = {}
     try:
         built = builder.build([ms.builder.BuilderInput(c.sch.mod, target) for _, _, c in todo])
+        errors.update({t.task_name: f"build: {b.error_msg}"[:300] for (t, _, _), b in zip(todo, built) if b.error_msg})
         ok = [(t, r, c, b) for (t, r, c), b in zip(todo, built) if b.error_msg is None]
-        futures = runner.run([ms.runner.RunnerInput(b.artifact_path, target.kind.name, c.args_info)
+        futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", c.args_info)
                               for _, _, c, b in ok])
         for (task, record, candidate, _), future in zip(ok, futures):
             result = future.result()
@@ -114,10 +116,12 @@ def _seed(tasks: list, target: Any, database: Any, job: dict) -> dict:
                 database.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, result.run_secs,
                                                                        target, candidate.args_info))
                 seeded.append(task.task_name)
+            else:
+                errors[task.task_name] = f"run: {result.error_msg or 'no run time'}"[:300]
     finally:
         for pooled in (builder, runner):
             pooled.pool.close()
-    return {"seeded": len(seeded), "failed": len(todo) - len(seeded), "tasks": seeded}
+    return {"seeded": len(seeded), "failed": len(todo) - len(seeded), "tasks": seeded, "errors": errors}
 
 
 def _select_tasks(tasks: list, target: Any, database: Any, focus: float) -> tuple[list, dict]:
