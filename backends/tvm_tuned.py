@@ -156,18 +156,6 @@ def tuning_provenance(folder: Path, transferred: dict | None, meta: dict, cov: d
     return out
 
 
-def provenance_label(tuning: dict | None) -> str:
-    """How a record's schedules were obtained, in words: "tuned here", "tuned here (seeded from
-    llvm-znver4-2c)", "transferred from llvm-znver4-2c (3 records dropped)"; "" when untuned."""
-    if not tuning:
-        return ""
-    if tuning.get("provenance") == "transferred":
-        dropped = tuning.get("records_dropped") or 0
-        return f"transferred from {tuning.get('source_slug')}" + (f" ({dropped} record(s) dropped)" if dropped else "")
-    seeded = (tuning.get("seeded_from") or {}).get("source_slug")
-    return "tuned here" + (f" (seeded from {seeded})" if seeded else "")
-
-
 def _shown(folder: Path) -> str:
     """The database path as a reader can follow it: relative to the source tree when inside it
     (a shipped database), else as it is (cells run in a folder of their own)."""

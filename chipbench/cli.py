@@ -49,8 +49,9 @@ def _prompt_lens(text: str | None) -> tuple[int, ...] | None:
 
 
 @app.command("list")
-def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Workloads and backends, with each backend's availability and reason."""
+def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+             tuning: Annotated[bool, typer.Option("--tuning", help="Also say which tuning database tvm-llvm-tuned uses on this CPU, tuned here or transferred (imports TVM).")] = False) -> None:
+    """Workloads, backends (with each one's availability and reason) and tuning databases."""
     from chipbench.backends.base import backend_names, compile_capability, get_backend
     from chipbench.device import supported_kinds
     from chipbench.workloads.base import get_workload, workload_names
@@ -64,8 +65,16 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
         backends.append({"name": name, "description": b.description, "available": ok, "reason": why,
                          "precisions": list(b.precisions), "devices": list(supported_kinds(b)),
                          "compiles_here": compiles})
+    from chipbench.tuning.listing import database_rows
+
+    host = None
+    if tuning:
+        from chipbench.tuning import canonical_target
+
+        host = canonical_target()
+    databases = database_rows(host)
     if as_json:
-        print(json.dumps({"workloads": workloads, "backends": backends}, indent=1))
+        print(json.dumps({"workloads": workloads, "backends": backends, "tuning_databases": databases}, indent=1))
         return
     from rich.table import Table
 
@@ -79,6 +88,12 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
         available = "yes" if b["available"] else ("[yellow]bundles only[/yellow]" if b["compiles_here"] else "[red]no[/red]")
         table.add_row(escape(b["name"]), available, ",".join(b["devices"]), ",".join(b["precisions"]),
                       escape(b["description"] if b["available"] else b["reason"]))
+    out.print(table)
+    columns = ["model", "tuned for", "records", "seeded from"] + (["on this CPU"] if tuning else [])
+    table = Table(*columns, title="Tuning databases (tvm-llvm-tuned)" + ("" if tuning else "; --tuning: which one this CPU uses"))
+    for d in databases:
+        table.add_row(*map(escape, [d["model"], d["target"], str(d["records"]), d["seeded_from"] or ""]
+                           + ([d["here"] or "not used"] if tuning else [])))
     out.print(table)
 
 

@@ -204,6 +204,11 @@ def test_the_record_carries_the_provenance_and_no_transfer_gives_the_reason(tiny
     validate(json.loads(record.to_json()))
     assert record.tuning["provenance"] == "transferred" and record.tuning["source_slug"] == folder.parent.name
     assert "tuning" not in record.backend["details"]
+    from chipbench.report import tuning_cells
+    from chipbench.tuning_curves import tuning_rows
+
+    (row,) = tuning_rows([record])
+    assert tuning_cells(row)["schedules"] == f"transferred from {folder.parent.name}"
     refused = execute(Cell(**{**cell.__dict__, "no_transfer": True}))
     assert refused.status == "unsupported" and "--no-transfer" in refused.reason and refused.tuning is None
     validate(json.loads(refused.to_json()))
@@ -245,3 +250,18 @@ def test_tune_starts_from_a_transferred_database(tiny, tmp_path, monkeypatch):
     compiled = get_backend("tvm-llvm-tuned").compile(source_of(model), CompileSpec(tuning_db=root, target=HASWELL))
     t = compiled.details["tuning"]
     assert t["provenance"] == "tuned-here" and t["seeded_from"]["source_slug"] == folder.parent.name
+
+
+@needs_tvm
+def test_list_says_which_database_this_cpu_uses(tiny):
+    from chipbench import tuning
+    from chipbench.backends.tvm import host_target
+    from chipbench.tuning.listing import database_rows
+
+    model, root, folder = tiny
+    (plain,) = database_rows(roots=[root])
+    assert plain["target"] == folder.parent.name and plain["records"] == 2 and "here" not in plain
+    (row,) = database_rows(tuning.canonical_target(HASWELL), roots=[root])
+    assert row["here"] == f"transferred from {folder.parent.name}"
+    (row,) = database_rows(str(host_target()), roots=[root])
+    assert row["here"] == "tuned here"

@@ -328,6 +328,18 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def provenance_label(tuning: dict | None) -> str:
+    """How a record's schedules were obtained, in words: "tuned here", "tuned here (seeded from
+    llvm-znver4-2c)", "transferred from llvm-znver4-2c (3 records dropped)"; "" when untuned."""
+    if not tuning:
+        return ""
+    if tuning.get("provenance") == "transferred":
+        dropped = tuning.get("records_dropped") or 0
+        return f"transferred from {tuning.get('source_slug')}" + (f" ({dropped} record(s) dropped)" if dropped else "")
+    seeded = (tuning.get("seeded_from") or {}).get("source_slug")
+    return "tuned here" + (f" (seeded from {seeded})" if seeded else "")
+
+
 def target_from_text(text: str) -> dict:
     """A target as a user writes it, TVM JSON ('{"kind": "llvm", "mcpu": "haswell"}') or the
     CLI form TVM 0.27 no longer parses ('llvm -mcpu=haswell -num-cores=2'), as a dict.
