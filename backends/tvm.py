@@ -26,11 +26,24 @@ from chipbench.machine import usable_cores
 
 
 def host_target(threads: int | None = None) -> Any:
-    """The LLVM target for this CPU, e.g. {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}."""
+    """The LLVM target for this CPU, e.g. {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}.
+
+    $CHIPBENCH_TVM_TARGET (TVM JSON, or 'llvm -mcpu=haswell -num-cores=2') stands in for the
+    detected CPU: to build, tune and look up databases as another x86 CPU would (its code must
+    still run here to be measured). `threads`, when given, sets its num-cores. ValueError when
+    the variable holds no target."""
     import tvm
     from tvm.target import codegen
 
     cores = threads or usable_cores()
+    override = os.environ.get("CHIPBENCH_TVM_TARGET", "").strip()
+    if override:
+        from chipbench.tuning.transfer import target_from_text
+
+        spec = target_from_text(override)
+        if threads or "num-cores" not in spec:
+            spec["num-cores"] = cores
+        return tvm.target.Target(spec)
     return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
 
 

@@ -11,8 +11,13 @@ chipbench.tuning), in this order:
 3. `./results/tuning` (the default results dir's databases);
 4. the shipped `results/tuned/` of the source tree (pre-tuned, per target).
 
-No match is `Unsupported`, never a silent untuned build; a database with a record for none of
-the model's tasks is `Unsupported` too. The record's details say how many tasks were found,
+No exact match: the database of the same graph tuned for the closest other x86 target is
+transferred (chipbench.tuning.transfer: records that do not build for this target are dropped
+and their tasks keep the default schedule), unless `spec.options["no_transfer"]`
+(`--no-transfer`). No database at all, or transfer forbidden, is `Unsupported`, never a silent
+untuned build; a database with a record for none of the model's tasks is `Unsupported` too.
+`details["tuning"]` (the record's `tuning`) says how the schedules were obtained: tuned here
+(perhaps seeded from another target's database) or transferred, from which key. The record's details say how many tasks were found,
 had a record and were actually scheduled, with the trials and tuning time behind them.
 """
 
@@ -32,29 +37,42 @@ class TvmLlvmTuned(TvmLlvm):
     precisions = ("fp32",)
     devices = ("cpu",)  # its databases are per target; over RPC the board's target would need its own
 
-    def locate(self, source: ModelSource, spec: CompileSpec) -> tuple[Path, str, str]:
-        """(database folder, graph sha256, canonical target) for this model and spec."""
+    def locate(self, source: ModelSource, spec: CompileSpec) -> tuple[Path, str, str, dict | None]:
+        """(database folder, graph sha256, canonical target, transfer.json or None) for this
+        model and spec: the exact database, else a transferred one (unless no_transfer)."""
         from chipbench import tuning
+        from chipbench.tuning import transfer
 
         target = tuning.canonical_target(spec.target, spec.threads)
         sha = tuning.graph_sha256(source.onnx_path)
+        allowed = not spec.options.get("no_transfer")
         explicit = Path(spec.tuning_db) if spec.tuning_db else None
         if explicit is not None and (explicit / tuning.KEY_FILE).is_file():
             key = tuning.read_key(explicit)
-            if not tuning.key_matches(key, sha, target):
-                made_for = tuning.read_meta(explicit).get("model", {}).get("name", "?"), (key or {}).get("target", "?")
-                raise Unsupported(f"tuning database {explicit} was made for {made_for[0]} on {made_for[1]}, "
-                                  f"not {source.name} (graph sha256 {sha[:12]}) on {target}")
-            return explicit, sha, target
+            if tuning.key_matches(key, sha, target):
+                return explicit, sha, target, None
+            made = tuning.read_meta(explicit).get("model", {}).get("name", "?"), (key or {}).get("target", "?")
+            source_db = transfer.find_source(sha, target, [explicit]) if allowed else None
+            if source_db is None:
+                why = "" if allowed or (key or {}).get("graph_sha256") != sha else " (--no-transfer)"
+                raise Unsupported(f"tuning database {explicit} was made for {made[0]} on {made[1]}, "
+                                  f"not {source.name} (graph sha256 {sha[:12]}) on {target}{why}")
+            folder, info = transfer.materialize(source_db, target)
+            return folder, sha, target, info
         extra = [explicit] if explicit is not None else []
         extra += [Path(p) for p in spec.options.get("tuning_dirs", ())]
         roots = tuning.search_roots(extra)
         folder = tuning.find_database(sha, target, roots)
-        if folder is None:
+        if folder is not None:
+            return folder, sha, target, None
+        source_db = transfer.find_source(sha, target, roots) if allowed else None
+        if source_db is None:
+            other = "" if allowed else (" (transfer from another target's database forbidden: --no-transfer)")
             raise Unsupported(
-                f"no tuning database for {source.name} (graph sha256 {sha[:12]}) on target {target}; "
+                f"no tuning database for {source.name} (graph sha256 {sha[:12]}) on target {target}{other}; "
                 f"run `chipbench tune -w {source.name} --trials N` (searched: {', '.join(map(str, roots))})")
-        return folder, sha, target
+        folder, info = transfer.materialize(source_db, target)
+        return folder, sha, target, info
 
     def compile(self, source: ModelSource, spec: CompileSpec) -> Compiled:
         import tvm
@@ -63,9 +81,9 @@ class TvmLlvmTuned(TvmLlvm):
         from chipbench.backends.tvm import fuse, import_onnx
 
         require_precision(self, spec, source)  # fp32: databases are tuned for the fp32 model
-        folder, sha, target = self.locate(source, spec)
+        folder, sha, target, transferred = self.locate(source, spec)
         database = tuning.unpacked(folder)  # shipped databases keep their records gzipped
-        prepack = tuning.weight_prepack(tuning.read_key(folder))
+        prepack = tuning.weight_prepack(transferred["source_key"] if transferred else tuning.read_key(folder))
 
         start = time.perf_counter()
         tuning.load_cpu_intrinsics()  # records may replay x86 tensorize steps
@@ -74,17 +92,20 @@ class TvmLlvmTuned(TvmLlvm):
         cov = tuning.coverage(fuse(mod, tvm_target, prepack), tvm_target, database)
         check_s = time.perf_counter() - start
         if cov["tasks_with_record"] == 0:
+            dropped = f", {transferred['records_dropped']} record(s) dropped in transfer" if transferred else ""
             raise Unsupported(f"tuning database {folder} has a record for none of the {cov['tasks_found']} "
-                              f"task(s) of {source.name} (made with another TVM?); run `chipbench tune` again")
+                              f"task(s) of {source.name} (made with another TVM?{dropped}); run `chipbench tune` again")
 
         options = {**spec.options, "metaschedule_db": database, "weight_prepack": prepack}
         compiled = super().compile(source, replace(spec, options=options))
-        meta = tuning.read_meta(folder)
+        meta = tuning.read_meta(Path(transferred["source_folder"]) if transferred else folder)
         compiled.tuning_db = tuning.records_digest(database)
-        compiled.pipeline = f"{compiled.pipeline} ({cov['tasks_applied']}/{cov['tasks_found']} tasks tuned)"
+        how = f", transferred from {transferred['source_slug']}" if transferred else ""
+        compiled.pipeline = f"{compiled.pipeline} ({cov['tasks_applied']}/{cov['tasks_found']} tasks tuned{how})"
         compiled.details.update({
             "untuned_backend": TvmLlvm.name,  # what the report sets this result beside
-            "tuning_db_path": _shown(folder),
+            "tuning": tuning_provenance(folder, transferred, meta, cov),
+            "tuning_db_path": _shown(Path(transferred["source_folder"]) if transferred else folder),
             "trials": meta.get("trials", tuning.record_count(folder)),  # tuning effort behind it
             "records": tuning.record_count(folder),  # fewer when shipped pruned to the best per task
             "tuning_s": meta.get("tuning_s"),
@@ -103,6 +124,36 @@ class TvmLlvmTuned(TvmLlvm):
             "search": {k: meta.get("settings", {}).get(k) for k in ("cost_model", "strategy")},
         })
         return compiled
+
+
+def tuning_provenance(folder: Path, transferred: dict | None, meta: dict, cov: dict) -> dict:
+    """The record's `tuning`: how the schedules were obtained. provenance "tuned-here" (the
+    exact key; `seeded_from` when `chipbench tune` started from a transferred database) or
+    "transferred"; the source database's key and target; records dropped because they do not
+    build here; tasks left with the default schedule (found, but no record applied)."""
+    from chipbench import tuning
+
+    tasks_default = cov["tasks_found"] - cov["tasks_applied"]
+    if transferred:
+        return {"provenance": "transferred", "source_key": transferred["source_key"],
+                "source_target": transferred["source_target"], "source_slug": transferred["source_slug"],
+                "records_dropped": transferred["records_dropped"], "records_kept": transferred["records_kept"],
+                "dropped_reasons": transferred.get("dropped_reasons", {}),
+                "records_wider_than_native": transferred.get("records_wider_than_native", 0),
+                "tasks_default": tasks_default}
+    key = tuning.read_key(folder) or {}
+    from chipbench.tuning.transfer import traits_of
+
+    try:
+        label = traits_of(key["target"]).label()
+    except Exception:
+        label = key.get("target")
+    out = {"provenance": "tuned-here", "source_key": key, "source_target": label,
+           "source_slug": tuning.target_slug(key.get("target", "")), "records_dropped": 0,
+           "tasks_default": tasks_default}
+    if meta.get("seeded_from"):
+        out["seeded_from"] = meta["seeded_from"]
+    return out
 
 
 def _shown(folder: Path) -> str:

@@ -159,6 +159,7 @@ def compile_spec(cell: Cell, prep: Preparation, device: Device) -> CompileSpec:
     return CompileSpec(
         precision=prep.precision, batch=prep.batch, threads=cell.threads, device=device, target=cell.target,
         tuning_db=Path(cell.tuning_db) if cell.tuning_db else None,
+        options={"no_transfer": True} if cell.no_transfer else {},
         example_inputs=prep.prepared.inputs, reference_outputs=prep.prepared.reference,
         calibration=prep.calibration[0] if prep.calibration else None,
         calibration_key=prep.calibration[1] if prep.calibration else None,
@@ -248,6 +249,8 @@ def execute(cell: Cell) -> RunRecord:
     except Exception as exc:
         return base_record(cell, "failed", f"compile: {one_line(exc)}", **ran,
                            coverage=coverage(ops, "failed") if ops else None)
+    if compiled.details.get("tuning"):  # tuned here or transferred, from which database
+        ran["tuning"] = compiled.details.pop("tuning")
     backend_info.update(target=compiled.target, pipeline=compiled.pipeline,
                         tuning_db=compiled.tuning_db, details=compiled.details)
     compile_info = {"seconds": compiled.compile_s, "artifact_bytes": compiled.artifact_bytes}

@@ -49,8 +49,9 @@ def _prompt_lens(text: str | None) -> tuple[int, ...] | None:
 
 
 @app.command("list")
-def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Workloads and backends, with each backend's availability and reason."""
+def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+             tuning: Annotated[bool, typer.Option("--tuning", help="Also say which tuning database tvm-llvm-tuned uses on this CPU, tuned here or transferred (imports TVM).")] = False) -> None:
+    """Workloads, backends (with each one's availability and reason) and tuning databases."""
     from chipbench.backends.base import backend_names, compile_capability, get_backend
     from chipbench.device import supported_kinds
     from chipbench.workloads.base import get_workload, workload_names
@@ -64,8 +65,16 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
         backends.append({"name": name, "description": b.description, "available": ok, "reason": why,
                          "precisions": list(b.precisions), "devices": list(supported_kinds(b)),
                          "compiles_here": compiles})
+    from chipbench.tuning.listing import database_rows
+
+    host = None
+    if tuning:
+        from chipbench.tuning import canonical_target
+
+        host = canonical_target()
+    databases = database_rows(host)
     if as_json:
-        print(json.dumps({"workloads": workloads, "backends": backends}, indent=1))
+        print(json.dumps({"workloads": workloads, "backends": backends, "tuning_databases": databases}, indent=1))
         return
     from rich.table import Table
 
@@ -79,6 +88,12 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
         available = "yes" if b["available"] else ("[yellow]bundles only[/yellow]" if b["compiles_here"] else "[red]no[/red]")
         table.add_row(escape(b["name"]), available, ",".join(b["devices"]), ",".join(b["precisions"]),
                       escape(b["description"] if b["available"] else b["reason"]))
+    out.print(table)
+    columns = ["model", "tuned for", "records", "seeded from"] + (["on this CPU"] if tuning else [])
+    table = Table(*columns, title="Tuning databases (tvm-llvm-tuned)" + ("" if tuning else "; --tuning: which one this CPU uses"))
+    for d in databases:
+        table.add_row(*map(escape, [d["model"], d["target"], str(d["records"]), d["seeded_from"] or ""]
+                           + ([d["here"] or "not used"] if tuning else [])))
     out.print(table)
 
 
@@ -114,6 +129,7 @@ def run(
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads each backend runs with (default: every usable core).")] = None,
     pin: Annotated[Optional[str], typer.Option("--pin", help="CPUs each cell runs on, e.g. 0,1 or 0-3 (recorded with the threads).")] = None,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Run every cell this many times, each in a fresh process, in rounds; `compare` then sees run-to-run noise (3 or more).")] = 1,
+    no_transfer: Annotated[bool, typer.Option("--no-transfer", help="tvm-llvm-tuned: only a database tuned for this exact target, none transferred from another CPU's.")] = False,
 ) -> None:
     """Run cells (from flags or a suite), store a record per cell, then write the report.
 
@@ -148,7 +164,7 @@ def run(
                                timeout_s=timeout, seed=seed, task_samples=task_samples,
                                tuning_db=str(tuning_db) if tuning_db else None, device=device, target=target,
                                prompt_lens=_prompt_lens(prompt_lens), output_tokens=output_tokens,
-                               threads=threads, pin=pin)
+                               threads=threads, pin=pin, no_transfer=no_transfer or None)
         for cell in cells:
             check_cell(cell)
         cells = [cell.with_absolute_paths() for cell in cells]
@@ -502,6 +518,7 @@ def tune(
     cost_model: Annotated[str, typer.Option("--cost-model", help="auto (xgb when installed), random, xgb, mlp.")] = "auto",
     strategy: Annotated[str, typer.Option("--strategy", help="evolutionary-lite, evolutionary, replay-trace.")] = "evolutionary-lite",
     ship: Annotated[bool, typer.Option("--ship", help="Then copy the database, pruned to the best record per task, into results/tuned/.")] = False,
+    no_transfer: Annotated[bool, typer.Option("--no-transfer", help="Start from scratch, not from another CPU's database of the same model (its records re-measured here).")] = False,
     results_dir: ResultsDir = Path("results"),
 ) -> None:
     """MetaSchedule tuning for this CPU into a persistent, resumable database (used by tvm-llvm-tuned)."""
@@ -511,7 +528,7 @@ def tune(
         fail("give exactly one of -w WORKLOAD or -k KERNEL")
     try:
         result = do_tune(workload or kernel, trials, results_dir, rounds, kind="workload" if workload else "kernel",
-                         batch=batch, cost_model=cost_model, strategy=strategy)
+                         batch=batch, cost_model=cost_model, strategy=strategy, seed_transfer=not no_transfer)
     except TuningError as exc:
         fail(str(exc))
     for line in result.summary():

@@ -43,6 +43,7 @@ class RunRecord:
     generation: dict[str, Any] | None = None  # the generation scenario: TTFT, TPOT, tokens/s (chipbench.generation)
     resources: Resources | None = None  # memory, CPU use, cold start, threads, affinity (chipbench.resources)
     validity: list[dict[str, Any]] | None = None  # named rules behind the verdict (chipbench.validity)
+    tuning: dict[str, Any] | None = None  # how a tuned backend's schedules were obtained (tvm_tuned.tuning_provenance)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
     schema_version: int = SCHEMA_VERSION
     config_hash: str = ""

@@ -101,6 +101,7 @@ def tuning_cells(row) -> dict[str, str]:
         "vs_ort": f"{fmt_num(row.vs_ort)}×" if row.vs_ort else "–",
         "fair": "–" if row.fair is None else ("yes" if row.fair else "no"),
         "break_even": f"{b['inferences']:,}" if b.get("inferences") else ("never" if b else "–"),
+        "schedules": row.provenance or "–",
     }
 
 

@@ -39,10 +39,14 @@ class Cell:
     device: str | None = None  # cpu, cuda[:N], rpc://HOST:PORT/KEY; None: the backend's own default
     target: str | None = None  # compile for this target instead of the device's own (cross-compilation)
     pin: str | None = None  # CPUs the cell process runs on, e.g. "0,1" or "0-3" (chipbench.resources)
+    no_transfer: bool = False  # tuned backends: no database transferred from another target (tuning.transfer)
     settings: MeasureSettings = field(default_factory=MeasureSettings)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not data["no_transfer"]:  # left out when off, so cells from before it keep their keys
+            del data["no_transfer"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Cell:
@@ -99,6 +103,8 @@ def check_cell(cell: Cell) -> None:
     for name in _OPTIONAL_STRINGS:
         if values[name] is not None and not isinstance(values[name], str):
             raise SuiteError(f"{name} must be a string, got {values[name]!r}")
+    if not isinstance(cell.no_transfer, bool):
+        raise SuiteError(f"no_transfer must be true or false, got {cell.no_transfer!r}")
     if not isinstance(cell.workload_params, dict):
         raise SuiteError(f"workload_params must be a table, got {cell.workload_params!r}")
     if not all(isinstance(i, str) for i in cell.inputs):

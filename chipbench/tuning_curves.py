@@ -29,6 +29,7 @@ class TuningRow:
     break_even: dict = field(default_factory=dict)
     curve: list[dict] = field(default_factory=list)  # trials, tuning_s, latency_ms
     tuner_ort_ms: float | None = None
+    provenance: str = ""  # how the schedules were obtained: "tuned here", "transferred from llvm-znver4-2c"
 
     @property
     def vs_ort(self) -> float | None:
@@ -41,6 +42,7 @@ class TuningRow:
 
 def tuning_rows(records: list[RunRecord]) -> list[TuningRow]:
     from chipbench.tuning import break_even
+    from chipbench.tuning.transfer import provenance_label
 
     def key(r: RunRecord) -> tuple:  # ratios only within one device
         return r.workload["name"], r.scenario["name"], r.precision, r.batch, r.device_id
@@ -63,7 +65,7 @@ def tuning_rows(records: list[RunRecord]) -> list[TuningRow]:
             untuned_ms=untuned if untuned is not None else d.get("tuner_untuned_ms"),
             tuned_ms=r.latency.median, ort_ms=ort if ort is not None else d.get("tuner_ort_ms"),
             measured_here=untuned is not None and ort is not None, curve=d.get("tuning_curve") or [],
-            tuner_ort_ms=d.get("tuner_ort_ms"))
+            tuner_ort_ms=d.get("tuner_ort_ms"), provenance=provenance_label(r.tuning))
         row.break_even = break_even(row.untuned_ms, row.tuned_ms, row.tuning_s or 0.0, row.ort_ms) or {}
         rows.append(row)
     return sorted(rows, key=lambda row: (row.workload, row.scenario, row.batch))

@@ -141,11 +141,13 @@ def test_lookup_is_exact_on_target_and_model(tuned, tmp_path):
     model, results, _, _, second = tuned
     backend = get_backend("tvm-llvm-tuned")
     source = ModelSource("two", model, ("x",), ("y",))
-    # another target: not found in the root, refused when the folder is named outright
+    # another target, transfer forbidden: not found in the root, refused when the folder is named
+    # outright (tests/test_tuning_transfer.py: what happens when transfer is allowed)
+    exact = {"no_transfer": True}
     with pytest.raises(Unsupported, match="no tuning database"):
-        backend.compile(source, CompileSpec(tuning_db=results / "tuning", target=OTHER_TARGET))
+        backend.compile(source, CompileSpec(tuning_db=results / "tuning", target=OTHER_TARGET, options=exact))
     with pytest.raises(Unsupported, match="was made for"):
-        backend.compile(source, CompileSpec(tuning_db=second.folder, target=OTHER_TARGET))
+        backend.compile(source, CompileSpec(tuning_db=second.folder, target=OTHER_TARGET, options=exact))
     # another graph (another hidden size) finds nothing; the same graph with other weights
     # (retrained) keeps its database: schedules do not depend on weight values
     other = two_layer(tmp_path / "other.onnx", hidden=48)
@@ -225,9 +227,9 @@ def test_report_shows_what_tuning_bought(tuned, tmp_path):
     section = report.split("## TVM tuning: what it buys and what it costs", 1)[1].split("\n## ", 1)[0]
     row = next(line for line in section.splitlines() if line.startswith("| two |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[3] == str(second.trials) and cells[5] == "random / replay-trace"
-    assert all(c not in ("", "–") for c in cells[6:9])  # untuned, tuned and ORT, all from this run
-    assert cells[11] in ("yes", "no") and (cells[12] == "never" or cells[12].replace(",", "").isdigit())
+    assert cells[3] == "tuned here" and cells[4] == str(second.trials) and cells[6] == "random / replay-trace"
+    assert all(c not in ("", "–") for c in cells[7:10])  # untuned, tuned and ORT, all from this run
+    assert cells[12] in ("yes", "no") and (cells[13] == "never" or cells[13].replace(",", "").isdigit())
     assert "![tuning curves](tuning-curves.png)" in section and (res / "tuning-curves.png").stat().st_size > 0
     assert "TVM tuning: what it buys" in (res / "report.html").read_text()
 

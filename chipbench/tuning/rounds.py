@@ -147,6 +147,9 @@ class RoundRunner:
             spent_total += self._account(out, wall)
             if out.get("tasks"):
                 self.meta["tasks"] = out["tasks"]
+            if out.get("seeded", {}).get("seeded") and "seeded_from" in self.meta:  # records measured here
+                self.meta["seeded_from"]["records_seeded"] = (self.meta["seeded_from"].get("records_seeded", 0)
+                                                              + out["seeded"]["seeded"])
             if baseline and out.get("untuned_ms") is not None:
                 self._baseline(out)
             if reason is None:

@@ -163,7 +163,8 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
               round_timeout_s: float | None = None, measure_s: float = 1.0,
               focus: float = 0.9, weight_prepack: bool = True, retry_failed: bool = False, nice: int = 0,
               root: Path | None = None,
-              crash_tasks: Sequence[str] = (), log: Callable[[str], None] | None = None) -> TuneResult:
+              crash_tasks: Sequence[str] = (), seed_transfer: bool = True,
+              log: Callable[[str], None] | None = None) -> TuneResult:
     """Tune any ONNX file (static shapes) for the host CPU (or `target`) into the database
     keyed by (model, target) under `root` (default RESULTS_DIR/tuning), until it holds
     `trials` measured candidates, in `rounds` rounds. Resumable: records, trials and seconds
@@ -189,6 +190,11 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
     (default: one per core).
     crash_tasks: fault injection for tests, names of tasks whose design-space generation
     aborts the worker process.
+    seed_transfer: a new database whose (graph, target) has no database yet starts from the
+    closest database of the same graph tuned for another target (chipbench.tuning.transfer):
+    its records that build here are re-measured here and committed as this database's first
+    records (they count as trials), so the search starts from them; meta.json's `seeded_from`
+    says from which. The database is keyed to this target: tuned here, seeded from elsewhere.
     Failed tasks are skipped on later calls unless `retry_failed`."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     onnx_path = Path(onnx_path).resolve()
@@ -236,6 +242,10 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
                     "runner_timeout_s": runner_timeout_s, "measure_s": measure_s, "crash_tasks": list(crash_tasks),
                     "focus": focus, "builders": builders, "weight_prepack": weight_prepack,
                     "threads": _cores(threads)}
+        if seed_transfer and trials > 0 and record_count(folder) == 0:
+            seeding = _transfer_seed(key, folder, Path(root) if root else Path(results_dir) / TUNING_SUBDIR, log)
+            if seeding is not None:
+                job_base["seed_db"], meta["seeded_from"] = seeding
         runner = RoundRunner(folder, job_base, meta, curve, nice, round_timeout_s, log)
         notes: list[str] = []
         done = record_count(folder)
@@ -263,6 +273,10 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
         tuned = latest.get("latency_ms") if latest.get("trials", 0) > 0 else None
         meta["break_even"] = break_even(untuned, tuned, meta["tuning_s"], meta.get("ort_ms"))
         write_json(folder / META_FILE, meta)
+    seeded = meta.get("seeded_from")
+    if seeded:
+        notes.append(f"tuned here, seeded from {seeded['source_slug']} ({seeded.get('records_seeded', 0)} of its "
+                     f"record(s) re-measured here, {seeded.get('records_dropped', 0)} dropped: not built for this target)")
     if tuned is not None and untuned is not None and tuned >= untuned:
         notes.append(f"tuned ({tuned:.4g} ms) is not faster than untuned ({untuned:.4g} ms)")
     return TuneResult(folder=folder, key=key, model=model, trials=meta["trials"], tuning_s=meta["tuning_s"],
@@ -270,6 +284,25 @@ def tune_onnx(onnx_path: Path, trials: int, results_dir: Path, rounds: int = 1, 
                       coverage=runner.last_coverage or latest.get("coverage", {}), curve=curve,
                       untuned_ms=untuned, tuned_ms=tuned, ort_ms=meta.get("ort_ms"),
                       break_even=meta["break_even"], notes=notes + runner.notes)
+
+
+def _transfer_seed(key: dict, folder: Path, root: Path, log: Callable[[str], None]) -> tuple[str, dict] | None:
+    """(folder of the transferred records, meta.json's `seeded_from`) for a new database, from
+    the closest database of the same graph for another target, or None when there is none."""
+    from chipbench.tuning.database import search_roots
+    from chipbench.tuning.transfer import find_source, materialize
+
+    source = find_source(key["graph_sha256"], key["target"], search_roots([root]))
+    if source is None or source.folder.resolve() == folder.resolve():
+        return None
+    seed_dir, info = materialize(source, key["target"])
+    if not info["records_kept"]:
+        return None
+    log(f"seeding from {source.slug} ({info['records_kept']} record(s) that build here, re-measured here; "
+        f"{info['records_dropped']} dropped)")
+    return str(seed_dir), {"source_slug": source.slug, "source_target": info["source_target"],
+                           "source_key": source.key, "records_kept": info["records_kept"],
+                           "records_dropped": info["records_dropped"], "at": now()}
 
 
 @contextlib.contextmanager

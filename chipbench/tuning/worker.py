@@ -58,6 +58,9 @@ def run_round(job: dict, out_path: Path) -> None:
         save("tune")
         t0 = time.perf_counter()
         database = ms.database.JSONDatabase(work_dir=str(folder), module_equality="structural")
+        if job.get("seed_db"):
+            out["seeded"] = _seed(chosen, target, database, job)
+            save()
         chosen, out["selection"] = _select_tasks(chosen, target, database, float(job.get("focus", 0.9)))
         _tune_tasks(chosen, target, database, job, trials)
         out["tune_s"] = time.perf_counter() - t0
@@ -75,6 +78,50 @@ def run_round(job: dict, out_path: Path) -> None:
                 out["rel_l2_vs_ort"] = max(_rel_l2(a, b) for a, b in zip(outputs, ref))
         out["measure_s"] += time.perf_counter() - t0
     save("done")
+
+
+def _seed(tasks: list, target: Any, database: Any, job: dict) -> dict:
+    """Start from a transferred database (`job["seed_db"]`, chipbench.tuning.transfer): each
+    task without a record here gets that database's record for it, built and timed here by the
+    builder and runner the search uses, and committed with this machine's run times (the other
+    machine's are never kept). MetaSchedule's evolutionary search draws its initial population
+    from the best measured records in the database, so the search starts from these schedules.
+    Returns {"seeded": n, "failed": n, "tasks": [names], "errors": {task: why}}."""
+    from tvm.s_tir import meta_schedule as ms
+
+    seeds = ms.database.JSONDatabase(work_dir=str(job["seed_db"]), module_equality="structural")
+    todo = []
+    for task in tasks:
+        mod = task.dispatched[0]
+        if database.query_tuning_record(mod, target, task.task_name) is None:
+            record = seeds.query_tuning_record(mod, target, task.task_name)
+            if record is not None:
+                todo.append((task, record, record.as_measure_candidate()))
+    if not todo:
+        return {"seeded": 0, "failed": 0, "tasks": []}
+    builder, runner = make_builder_runner(int(job.get("builders") or job["threads"]), float(job["builder_timeout_s"]),
+                                           float(job["runner_timeout_s"]))
+    seeded: list[str] = []
+    errors: dict[str, str] = {}
+    try:
+        built = builder.build([ms.builder.BuilderInput(c.sch.mod, target) for _, _, c in todo])
+        errors.update({t.task_name: f"build: {b.error_msg}"[:300] for (t, _, _), b in zip(todo, built) if b.error_msg})
+        ok = [(t, r, c, b) for (t, r, c), b in zip(todo, built) if b.error_msg is None]
+        futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", c.args_info)
+                              for _, _, c, b in ok])
+        for (task, record, candidate, _), future in zip(ok, futures):
+            result = future.result()
+            if result.error_msg is None and result.run_secs:
+                workload = database.commit_workload(task.dispatched[0])
+                database.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, result.run_secs,
+                                                                       target, candidate.args_info))
+                seeded.append(task.task_name)
+            else:
+                errors[task.task_name] = f"run: {result.error_msg or 'no run time'}"[:300]
+    finally:
+        for pooled in (builder, runner):
+            pooled.pool.close()
+    return {"seeded": len(seeded), "failed": len(todo) - len(seeded), "tasks": seeded, "errors": errors}
 
 
 def _select_tasks(tasks: list, target: Any, database: Any, focus: float) -> tuple[list, dict]:
