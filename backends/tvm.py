@@ -20,6 +20,8 @@ import numpy as np
 
 from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
                                      converts, register, require_precision)
+from chipbench.backends import tvm_build_cache as build_cache
+from chipbench.backends.tvm_build_cache import BuildCacheEntry
 from chipbench.backends.tvm_export import export_relax
 from chipbench.backends.tvm_runtime import InputBuffers, to_numpy
 from chipbench.machine import usable_cores
@@ -171,6 +173,27 @@ def build(mod: Any, target: Any, database_dir: Path | None = None,
     return exe, "relax-fused + metaschedule-db" + (" + weight prepack" if weight_prepack else "")
 
 
+INT8_NOTE = ", ORT QDQ int8 model (Q/DQ lowered literally: fp32 compute)"
+
+
+def built_library(mod: Any, onnx_path: Path, target: Any, database: Path | None,
+                  weight_prepack: bool) -> tuple[Any, str, BuildCacheEntry | None]:
+    """(what a VM runs, pipeline, cache entry): the library built earlier from exactly these
+    inputs (chipbench.backends.tvm_build_cache), else `build()`'s executable, exported into the
+    cache. The entry is None when the cache is off (then the first item is the executable)."""
+    from chipbench import tuning
+
+    key = build_cache.build_key(onnx_path, target, tuning.records_digest(database) if database else None,
+                                weight_prepack)
+    entry = build_cache.lookup(key)
+    if entry is not None:
+        return build_cache.load(entry), entry.pipeline, entry
+    start = time.perf_counter()
+    exe, pipeline = build(mod, target, database, weight_prepack)
+    entry = build_cache.store(key, exe, time.perf_counter() - start, pipeline)
+    return exe, pipeline, entry
+
+
 def load(exe: Any, weights: list, device: Any) -> tuple[Any, Any, list]:
     """(VM, its `main`, the weights as `main` takes them): prepacked once here when the build
     lifted weight layout changes out of `main`."""
@@ -240,15 +263,29 @@ class TvmLlvm:
         mod, weights = import_onnx(onnx_path)
         # Plain tvm-llvm is untuned whatever --tuning-db says; tvm-llvm-tuned hands its database here.
         database = spec.options.get("metaschedule_db")
-        exe, pipeline = build(mod, target, database, bool(spec.options.get("weight_prepack")))
-        if quantize:
-            pipeline += ", ORT QDQ int8 model (Q/DQ lowered literally: fp32 compute)"
+        prepack = bool(spec.options.get("weight_prepack"))
+        exe = None
+
+        def executable() -> Any:
+            """The relax executable, built here when the library came from the build cache
+            (per-operator profiles and bundles need the executable itself)."""
+            nonlocal exe
+            if exe is None:
+                exe = build(mod, target, database, prepack)[0]
+            return exe
+
         if remote is not None:
+            exe, pipeline = build(mod, target, database, prepack)
             return remote.compiled(exe, weights, source.input_names, source.output_names,
-                                   compile_s=time.perf_counter() - start, target=str(target), pipeline=pipeline,
-                                   tuning_db=None)
+                                   compile_s=time.perf_counter() - start, target=str(target),
+                                   pipeline=pipeline + (INT8_NOTE if quantize else ""), tuning_db=None)
+        library, pipeline, cached = built_library(mod, onnx_path, target, database, prepack)
+        if cached is None:  # the cache is off: the library is the executable itself
+            exe = library
+        if quantize:
+            pipeline += INT8_NOTE
         device = tvm.cpu()
-        _vm, main, params = load(exe, weights, device)
+        _vm, main, params = load(library, weights, device)
         compile_s = time.perf_counter() - start  # weight prepacking included, as in a session's start
         threads = runtime_threads(threads)
         names = source.input_names
@@ -262,11 +299,10 @@ class TvmLlvm:
         def profile(inputs: Arrays, runs: int):
             from chipbench.backends.tvm_profile import profile_build
 
-            return profile_build(self.name, mod, exe, weights, target, pipeline, inputs, names, runs=runs,
-                                 threads=threads, tuned=database is not None,
-                                 weight_prepack=bool(spec.options.get("weight_prepack")))
+            return profile_build(self.name, mod, executable(), weights, target, pipeline, inputs, names, runs=runs,
+                                 threads=threads, tuned=database is not None, weight_prepack=prepack)
 
-        lib_bytes = library_bytes(exe)
+        lib_bytes = cached.library_bytes if cached else library_bytes(exe)
         param_bytes = weight_bytes(weights)
         return Compiled(
             run=run,
@@ -276,6 +312,7 @@ class TvmLlvm:
             target=str(target),
             pipeline=pipeline,
             tuning_db=None,  # tvm-llvm-tuned names the database it applied
-            details={"library_bytes": lib_bytes, "param_bytes": param_bytes, "threads": threads},
-            export=lambda folder: export_relax(exe, weights, folder, device_kind="cpu"),
+            details={"library_bytes": lib_bytes, "param_bytes": param_bytes, "threads": threads,
+                     "build_cache": cached.to_dict() if cached else None},
+            export=lambda folder: export_relax(executable(), weights, folder, device_kind="cpu"),
         )

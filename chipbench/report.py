@@ -177,6 +177,16 @@ def precision_rows(records: list[RunRecord]) -> list[PrecisionRow]:
     return rows
 
 
+def compile_summary(r: RunRecord) -> str:
+    """Seconds the cell spent compiling (or loading) its model; where the library came from the
+    build cache (backends/tvm_build_cache.py), what the original build took beside it."""
+    cached = (r.backend.get("details") or {}).get("build_cache") or {}
+    shown = fmt_num(r.compile.seconds)
+    if cached.get("hit"):
+        return f"{shown} (library cached; built in {fmt_num(cached.get('build_s'))})"
+    return shown
+
+
 def energy_summary(r: RunRecord) -> str:
     """Measured joules per inference and average watts (chipbench.energy), or "–"."""
     if not r.energy:
@@ -361,7 +371,7 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
         tuning_cells=tuning_cells,
         coverage=coverage_matrix(records),
         task_summary=task_summary,
-        energy_summary=energy_summary,
+        energy_summary=energy_summary, compile_summary=compile_summary,
         resource_cells=resource_cells,
         counts=Counter(r.status for r in records),
         generation=_generation(records),
