@@ -209,8 +209,15 @@ def sweep(cells, store, repeat: int = 1) -> list:
 
     times = f" × {repeat} invocations" if repeat > 1 else ""
     err.print(f"chipbench: {len(cells)} cell(s){times} → {store.root}/")
+    from chipbench.progress import sweep_progress
+
+    def done(cell, rec) -> None:
+        _progress(cell, rec)
+        advance()
+
     try:
-        return run_cells(cells, store, on_done=_progress, repeat=repeat)
+        with sweep_progress(err, len(cells) * repeat) as advance:
+            return run_cells(cells, store, on_done=done, repeat=repeat)
     except StoreError as exc:
         fail(f"{exc}; the sweep stopped, the record waits in {store.incoming_dir}/ for the next run", code=1)
     except Interrupted as exc:

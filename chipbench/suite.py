@@ -186,10 +186,12 @@ def expand(workloads: list[str], backends: list[str], precisions: list[str] | No
     return cells
 
 
-def load_suite(path: Path) -> list[Cell]:
-    """A TOML suite: optional [defaults], then [[cells]] tables, each of which may list several
-    workloads/backends/precisions/scenarios (expanded as a cross product). Raises SuiteError
-    naming the file (and the cell table) for anything that is not a valid suite."""
+def load_suite(path: Path, _including: tuple[Path, ...] = ()) -> list[Cell]:
+    """A TOML suite: optional `include` (suite files, relative to this one, whose cells come
+    first, each with its own defaults), optional [defaults], then [[cells]] tables, each of which
+    may list several workloads/backends/precisions/scenarios (expanded as a cross product).
+    Raises SuiteError naming the file (and the cell table) for anything that is not a valid
+    suite, an include cycle included."""
     path = Path(path)
     if path.is_dir():
         raise SuiteError(f"{path}: is a folder, not a suite file")
@@ -203,9 +205,20 @@ def load_suite(path: Path) -> list[Cell]:
         raise SuiteError(f"{path}: cannot read the suite ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: not valid TOML ({exc})") from None
-    unknown = set(data) - {"defaults", "cells"}
+    unknown = set(data) - {"include", "defaults", "cells"}
     if unknown:
-        raise SuiteError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} (a suite has [defaults] and [[cells]])")
+        raise SuiteError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} "
+                         f"(a suite has include, [defaults] and [[cells]])")
+    try:
+        includes = _as_list(data.get("include"), "include", required=False)
+    except SuiteError as exc:
+        raise SuiteError(f"{path}: {exc}") from None
+    included: list[Cell] = []
+    for name in includes:
+        other = (path.parent / name).resolve()
+        if other in (*_including, path.resolve()):
+            raise SuiteError(f"{path}: include {name!r} includes itself")
+        included += load_suite(other, (*_including, path.resolve()))
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         raise SuiteError(f"{path}: [defaults] must be a table, got {defaults!r}")
@@ -235,9 +248,9 @@ def load_suite(path: Path) -> list[Cell]:
             raise SuiteError(f"{path}: cells #{i}: {exc}") from None
         except KeyError as exc:  # an unknown kernel case or tag
             raise SuiteError(f"{path}: cells #{i}: {exc.args[0] if exc.args else exc}") from None
-    if not cells:
+    if not cells and not included:
         raise SuiteError(f"{path}: no [[cells]] defined")
-    return cells
+    return included + cells
 
 
 def _kernel_names(names: list[str] | None, tag: str | None) -> list[str]:

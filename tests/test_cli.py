@@ -203,3 +203,22 @@ def test_repeat_runs_every_cell_again_in_rounds_and_compare_reads_the_invocation
     cli("compare", res, res, "--json", out)
     cells = json.loads(out.read_text())["cells"]
     assert {(c["runs_base"], c["runs_new"], c["between_runs"]) for c in cells} == {(2, 2, True)}
+
+
+def test_a_suite_includes_another_with_its_own_defaults_and_refuses_a_cycle(tmp_path):
+    from chipbench.scenarios import MeasureSettings
+    from chipbench.suite import SuiteError, load_suite
+
+    (tmp_path / "base.toml").write_text('[defaults]\nmin_count = 64\n[[cells]]\nworkload = "vibration-cnn1d"\n'
+                                        'backend = "ort-cpu"\n')
+    (tmp_path / "more.toml").write_text('include = ["base.toml"]\n[[cells]]\nworkload = "defect-cnn"\n'
+                                        'backend = "ort-cpu"\n')
+    cells = load_suite(tmp_path / "more.toml")
+    assert [(c.workload, c.settings.min_count) for c in cells] == [("vibration-cnn1d", 64),
+                                                                   ("defect-cnn", MeasureSettings().min_count)]
+    (tmp_path / "base.toml").write_text('include = ["more.toml"]\n')
+    with pytest.raises(SuiteError, match="includes itself"):
+        load_suite(tmp_path / "more.toml")
+    (tmp_path / "more.toml").write_text('include = ["gone.toml"]\n')
+    with pytest.raises(SuiteError, match="gone.toml: no such suite file"):
+        load_suite(tmp_path / "more.toml")
