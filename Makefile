@@ -10,7 +10,7 @@ PROFILE_WORKLOADS ?= vibration-cnn1d,sensor-transformer
 PROJECT_WORKLOAD  ?= edge-inspect
 PROBE_FLAGS ?=
 
-.PHONY: install run report probe test test-slow bench bench-kernels runtime-kit gpu-bundles gpu-check clean
+.PHONY: install run report probe test test-slow bench bench-kernels runtime-kit gpu-bundles gpu-check clean ship-weights
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ run: $(STAMP)
 	$(BIN)/chipbench profile -w $(PROFILE_WORKLOADS) -b ort-cpu,tvm-llvm --results-dir $(RESULTS) > /dev/null
 	$(BIN)/chipbench project --hw edge-npu -w $(PROJECT_WORKLOAD) --precision int8 --results-dir $(RESULTS) > /dev/null
 	$(BIN)/chipbench run --suite $(SUITE) --results-dir $(RESULTS)
+
+# Copy this machine's trained weights of the small workloads into results/weights/ (shipped).
+ship-weights: $(STAMP)
+	$(BIN)/python scripts/ship_weights.py
 
 report: $(STAMP)
 	$(BIN)/chipbench report --results-dir $(RESULTS)

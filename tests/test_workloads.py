@@ -4,6 +4,7 @@ dynamic batch) matching torch through onnxruntime. Small variants keep this fast
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -241,3 +242,25 @@ def test_trained_model_task_metric(name):
         assert value >= TRAINED_FLOOR[name]
     else:
         assert value <= TRAINED_FLOOR[name]
+
+
+def test_shipped_weights_are_used_only_for_their_exact_key(tmp_path):
+    import torch
+
+    from chipbench.workloads.training import keyed_weights
+
+    made = torch.nn.Linear(3, 2)
+    key = {"workload": {"name": "w"}, "recipe": "r", "data": None, "torch": "2.13.0"}
+    folder = tmp_path / "w"
+    folder.mkdir()
+    torch.save(made.state_dict(), folder / "k.pt")
+    (folder / "k.key.json").write_text(json.dumps({"key": key, "info": {"train_s": 1.5}}))
+    fresh = torch.nn.Linear(3, 2)
+    info = keyed_weights(tmp_path, "w", key, fresh, exact=True)
+    assert info == {"train_s": 1.5, "shipped": str(folder), "made_with_torch": "2.13.0"}
+    assert torch.equal(fresh.weight, made.weight)
+    other_torch = {**key, "torch": "2.99.0"}
+    assert keyed_weights(tmp_path, "w", other_torch, torch.nn.Linear(3, 2), exact=True) is None
+    assert keyed_weights(tmp_path, "w", other_torch, torch.nn.Linear(3, 2), exact=False)["carried"] == str(folder)
+    assert keyed_weights(tmp_path, "w", {**key, "recipe": "other"}, torch.nn.Linear(3, 2), exact=True) is None
+    assert keyed_weights(tmp_path, "w", key, torch.nn.Linear(4, 2), exact=True) is None  # shapes differ

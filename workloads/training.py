@@ -6,10 +6,15 @@ training recipe (optimizer, epochs, lr, batch, train size), the data generator's
 weights and compared exactly; a file lock keeps concurrent processes from training the same
 model twice.
 
-Weights carried from another machine (`CHIPBENCH_CARRIED_WEIGHTS`, a folder laid out as this
-cache is, e.g. by `scripts/gpu_bundles.py`) take the place of training when their key equals
-this one but for the torch version: a device then measures the very weights its bundles were
-compiled with, and does not spend its time training. The stored info says where they came from.
+Before training, two sources are asked, and the stored info says which gave the weights:
+- the weights shipped in the source tree (`results/weights/<workload>/`, `make ship-weights`),
+  used only when their whole key equals this one, torch version included: a fresh clone then
+  skips about 14 minutes of training on 2 cores, and a changed recipe, generator or torch
+  retrains as before;
+- weights carried from another machine (`CHIPBENCH_CARRIED_WEIGHTS`, a folder laid out as this
+  cache is, e.g. by `scripts/gpu_bundles.py`), used when their key equals this one but for the
+  torch version: a device then measures the very weights its bundles were compiled with, and
+  does not spend its time training.
 """
 
 from __future__ import annotations
@@ -80,7 +85,8 @@ def cached_weights(workload: Any, recipe: str, model: nn.Module,
         with open(folder / f"{stem}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not load():  # another process may have finished while we waited
-                info = carried_weights(workload.name, key, model)
+                info = (keyed_weights(shipped_root(), workload.name, key, model, exact=True)
+                        or carried_weights(workload.name, key, model))
                 if info is None:
                     t0, c0 = time.perf_counter(), time.process_time()
                     print(f"chipbench: preparing {workload.name} weights ({recipe}), once; cache {folder}",
@@ -99,19 +105,31 @@ def cached_weights(workload: Any, recipe: str, model: nn.Module,
     return model.eval()
 
 
+def shipped_root() -> Path:
+    """`results/weights/` in the source tree: trained weights that ship with chipbench."""
+    return Path(__file__).resolve().parent.parent / "results" / "weights"
+
+
 def carried_weights(name: str, key: dict[str, Any], model: nn.Module) -> dict[str, Any] | None:
-    """Load weights carried from another machine into `model`: the first `*.key.json` under
-    `$CHIPBENCH_CARRIED_WEIGHTS/<name>/` whose key equals `key` in all but "torch" and whose
-    `.pt` (a state dict) loads. Returns its info, marked `carried` with the torch version that
-    made them, or None when there is no such folder or entry."""
+    """Load weights carried from another machine into `model` (`$CHIPBENCH_CARRIED_WEIGHTS`,
+    any torch version: see `keyed_weights`); None when the variable is unset or nothing fits."""
     root = os.environ.get("CHIPBENCH_CARRIED_WEIGHTS")
-    if not root:
-        return None
-    want = json.dumps({k: v for k, v in key.items() if k != "torch"}, sort_keys=True, default=list)
+    return keyed_weights(Path(root), name, key, model, exact=False) if root else None
+
+
+def keyed_weights(root: Path, name: str, key: dict[str, Any], model: nn.Module,
+                  exact: bool) -> dict[str, Any] | None:
+    """Load into `model` the first weights under `root/<name>/` (a `*.key.json` with its `.pt`
+    state dict, as this cache lays them out) whose key equals `key`: wholly when `exact`, else
+    in all but the torch version. Returns their stored info, marked `carried` or `shipped`
+    with the folder and the torch version that made them; None when nothing there fits."""
+    ignored = () if exact else ("torch",)
+    want = json.dumps({k: v for k, v in key.items() if k not in ignored}, sort_keys=True, default=list)
     for kpath in sorted((Path(root) / name).glob("*.key.json")):
         try:
             stored = json.loads(kpath.read_text())
-            if json.dumps({k: v for k, v in stored["key"].items() if k != "torch"}, sort_keys=True, default=list) != want:
+            if json.dumps({k: v for k, v in stored["key"].items() if k not in ignored}, sort_keys=True,
+                          default=list) != want:
                 continue
             wpath = kpath.with_name(kpath.name.removesuffix(".key.json") + ".pt")
             state = torch.load(io.BytesIO(wpath.read_bytes()), weights_only=True)
@@ -121,7 +139,8 @@ def carried_weights(name: str, key: dict[str, Any], model: nn.Module) -> dict[st
             model.load_state_dict(state)
         except (OSError, ValueError, KeyError, RuntimeError, AttributeError):
             continue
-        return {**stored.get("info", {}), "carried": str(kpath.parent), "made_with_torch": stored["key"].get("torch")}
+        how = "shipped" if exact else "carried"
+        return {**stored.get("info", {}), how: str(kpath.parent), "made_with_torch": stored["key"].get("torch")}
     return None
 
 
