@@ -98,7 +98,9 @@ class OpenVinoCpu:
         names = output_names(compiled, source)
 
         def run(inputs: Arrays) -> Arrays:
-            results = request.infer(inputs)  # copies the outputs out of the request's tensors
+            # inputs are read in place (the call is synchronous: they outlive it); outputs are
+            # copied out of the request's tensors, which the next call overwrites
+            results = request.infer(inputs, share_inputs=True, share_outputs=False)
             return {name: results[port] for name, port in names}
 
         pipeline = f"ONNX frontend, CPU plugin, inference precision {executed}, {details['performance_hint']} hint"
