@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,tune]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,tune,openvino]'
 	touch $(STAMP)
 
 # Ceilings once per machine, per-op breakdowns of two workloads, then the suite and its report.

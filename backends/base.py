@@ -157,7 +157,7 @@ def bundle_compiler(backend: Backend) -> Callable[[ModelSource, CompileSpec], Co
 
 
 _REGISTRY: dict[str, Callable[[], Backend]] = {}
-_BUILTIN_MODULES = ("ort", "tvm", "tvm_tuned", "tvm_cuda", "torch_backends", "null")
+_BUILTIN_MODULES = ("ort", "tvm", "tvm_tuned", "tvm_cuda", "torch_backends", "openvino", "null")
 _loaded = False
 
 

@@ -13,7 +13,7 @@ SMALL = {
     "vibration-cnn1d": {"window": 256, "train": False},
     "sensor-transformer": {"steps": 16, "channels": 8, "d_model": 16, "layers": 1, "heads": 2, "train": False},
 }
-BACKENDS = ["ort-cpu", "tvm-llvm", "torch-eager", "torch-compile", "null"]
+BACKENDS = ["ort-cpu", "openvino-cpu", "tvm-llvm", "torch-eager", "torch-compile", "null"]
 QUICK = MeasureSettings(warmup_count=1, warmup_s=0.0, min_count=3, min_duration_s=0.0)
 
 
