@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
+from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported,
                                      converts, register, require_precision)
 from chipbench.backends.tvm_export import export_relax
 from chipbench.backends.tvm_runtime import InputBuffers, to_numpy
@@ -219,21 +219,23 @@ class TvmLlvm:
         start = time.perf_counter()
         onnx_path = source.onnx_path
         quantize = converts(spec, source) and spec.precision == "int8"
-        if quantize:
-            from chipbench.quantize import int8_model
+        quantization = None
+        if quantize:  # the best QDQ configuration of the int8 search (ORT's, not TVM's, timing)
+            from chipbench.int8_search import int8_for
 
-            batches, key = calibration_of(spec)
-            onnx_path = int8_model(onnx_path, batches, dict(key))
+            onnx_path, quantization = int8_for(onnx_path, spec, self.name, qdq_only=True)
         mod, weights = import_onnx(onnx_path)
         # Plain tvm-llvm is untuned whatever --tuning-db says; tvm-llvm-tuned hands its database here.
         database = spec.options.get("metaschedule_db")
         exe, pipeline = build(mod, target, database, bool(spec.options.get("weight_prepack")))
         if quantize:
-            pipeline += ", ORT QDQ int8 model (Q/DQ lowered literally: fp32 compute)"
+            pipeline += f", ORT QDQ int8 model {quantization['executed']} (Q/DQ lowered literally: fp32 compute)"
         if remote is not None:
-            return remote.compiled(exe, weights, source.input_names, source.output_names,
-                                   compile_s=time.perf_counter() - start, target=str(target), pipeline=pipeline,
-                                   tuning_db=None)
+            compiled = remote.compiled(exe, weights, source.input_names, source.output_names,
+                                       compile_s=time.perf_counter() - start, target=str(target), pipeline=pipeline,
+                                       tuning_db=None)
+            compiled.quantization = quantization
+            return compiled
         device = tvm.cpu()
         _vm, main, params = load(exe, weights, device)
         compile_s = time.perf_counter() - start  # weight prepacking included, as in a session's start
@@ -265,4 +267,5 @@ class TvmLlvm:
             tuning_db=None,  # tvm-llvm-tuned names the database it applied
             details={"library_bytes": lib_bytes, "param_bytes": param_bytes, "threads": threads},
             export=lambda folder: export_relax(exe, weights, folder, device_kind="cpu"),
+            quantization=quantization,
         )

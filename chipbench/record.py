@@ -39,6 +39,7 @@ class RunRecord:
     generation: dict[str, Any] | None = None  # the generation scenario: TTFT, TPOT, tokens/s (chipbench.generation)
     resources: dict[str, Any] | None = None  # memory, CPU use, cold start, threads, affinity (chipbench.resources)
     validity: list[dict[str, Any]] | None = None  # named rules behind the verdict (chipbench.validity)
+    quantization: dict[str, Any] | None = None  # the int8 configuration that ran and why (chipbench.int8_search)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
     schema_version: int = SCHEMA_VERSION
     config_hash: str = ""

@@ -1,0 +1,408 @@
+"""Which int8 configuration a deployer would run: the fastest that passes the accuracy gate.
+
+For one model on one machine, every configuration of `chipbench.int8_configs.CANDIDATES` is
+quantized, checked for fidelity against the FP32 reference with the workload's int8 gate, and
+timed on ONNX Runtime's CPU execution provider beside the fp32 model in the same process
+(`quick_p50`: round-robin rounds, so drift of a shared machine spreads over all candidates
+alike). `select` (a pure function) picks the fastest configuration that passes; when it is
+slower than fp32, `loss_reason` says which operator families got slower (from ORT's per-op
+profiles of both). The search runs once and is cached under the cache dir by its exact key:
+the model's hash, the candidate set, the calibration data, the gate, the inputs, the thread
+count, the machine (CPU model, ISA flags, cores) and ONNX Runtime's version.
+
+The quick timing only ranks candidates; the cell then measures the chosen model with the
+harness's normal (LoadGen) path. Other backends read QDQ models: `Choice.qdq` names the best
+passing QDQ configuration, which is the chosen one unless a QOperator configuration won.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chipbench.accuracy import Tolerance, check, fidelity
+from chipbench.errors import one_line
+from chipbench.int8_configs import CANDIDATES, Int8Config
+from chipbench.paths import atomic_write_text, cache_dir, sha256_file
+from chipbench.quiet import default_quiet_cores, try_sample
+
+Arrays = dict[str, np.ndarray]
+SEARCH_VERSION = 1  # bump when the search's method changes (part of the cache key)
+
+
+@dataclass(frozen=True, eq=False)
+class AccuracyGate:
+    """A cell's accuracy gates as a check on any model's run function: fidelity of
+    `run(inputs)` to the FP32 `reference` within `tolerance` (chipbench.accuracy), and, where
+    the workload has a task metric, `task(run)` (chipbench.taskeval.task_accuracy's dict, whose
+    "failures" fail the gate). `task_key` says what `task` measures (for cache keys)."""
+
+    tolerance: Tolerance
+    inputs: Arrays
+    reference: Arrays
+    task: Callable[[Callable[[Arrays], Arrays]], dict] | None = None
+    task_key: dict | None = None
+
+    def check(self, run: Callable[[Arrays], Arrays]) -> tuple[list[str], Any]:
+        """(failures, Fidelity) of `run` against the gates; no failures means it passes."""
+        fid = fidelity(run(self.inputs), self.reference)
+        failures = check(fid, self.tolerance)
+        if not failures and self.task is not None:  # the task metric only when fidelity holds
+            failures += list(self.task(run).get("failures", []))
+        return failures, fid
+
+    def key(self) -> dict[str, Any]:
+        digest = hashlib.sha256()
+        for arrays in (self.inputs, self.reference):
+            for name in sorted(arrays):
+                a = np.ascontiguousarray(arrays[name])
+                digest.update(f"{name}:{a.dtype}:{a.shape}".encode())
+                digest.update(a.tobytes())
+        return {"tolerance": asdict(self.tolerance), "data": digest.hexdigest(), "task": self.task_key}
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One configuration as the search found it: its quick p50 (ms, one query at the cell's
+    batch, ORT CPU EP), its fidelity to the FP32 reference, whether it passed the gate (False
+    with `error` when it could not be made or run), and whether it is QDQ."""
+
+    name: str
+    p50_ms: float | None
+    passed: bool
+    qdq: bool = True
+    rel_l2: float | None = None
+    cosine: float | None = None
+    error: str | None = None
+    gate_failure: str | None = None  # the first accuracy gate it missed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `select` decided. `chosen`: the configuration that runs on ONNX Runtime (None only
+    when there were no candidates); `qdq`: the best QDQ configuration, for the backends that
+    read QDQ models; `passed`: whether `chosen` passes the gate (False: none did, and `chosen`
+    is the most faithful one); `beats_fp32`: its p50 is below fp32's; `why`: one line."""
+
+    chosen: str | None
+    qdq: str | None
+    passed: bool
+    beats_fp32: bool
+    why: str
+
+
+def select(fp32_ms: float | None, measured: Sequence[Measured]) -> Choice:
+    """The fastest passing configuration by quick p50 (ties: the earlier candidate); when none
+    passes, the most faithful one (lowest relative L2) so its cell shows what int8 costs.
+    Pure: depends on its arguments only."""
+    ran = [m for m in measured if m.p50_ms is not None]
+    passing = sorted((m for m in ran if m.passed), key=lambda m: m.p50_ms)  # stable: candidate order on ties
+    faithful = sorted((m for m in ran if m.rel_l2 is not None), key=lambda m: m.rel_l2)
+    if passing:
+        best = passing[0]
+        qdq = next((m.name for m in passing if m.qdq), None) or next((m.name for m in faithful if m.qdq), None)
+        beats = fp32_ms is not None and best.p50_ms < fp32_ms
+        slower = [m.name for m in passing[1:]]
+        why = (f"{best.name} is the fastest of {len(passing)} configuration(s) passing the accuracy gate "
+               f"({best.p50_ms:.3g} ms p50"
+               + (f" vs fp32 {fp32_ms:.3g} ms" if fp32_ms is not None else "") + ")"
+               + (f"; slower: {', '.join(slower)}" if slower else "")
+               + (f"; failing the gate: {', '.join(m.name for m in measured if not m.passed)}"
+                  if any(not m.passed for m in measured) else ""))
+        return Choice(best.name, qdq, True, beats, why)
+    if not faithful:
+        return Choice(None, None, False, False, "no int8 configuration could be made or run")
+    best = faithful[0]
+    qdq = next((m.name for m in faithful if m.qdq), None)
+    return Choice(best.name, qdq, False, fp32_ms is not None and best.p50_ms < fp32_ms,
+                  f"no configuration passes the accuracy gate; {best.name} is the most faithful "
+                  f"(rel L2 {best.rel_l2:.3g})")
+
+
+def quick_p50(runs: dict[str, Callable[[], Any]], budget_s: float = 0.4, rounds: int = 5,
+              warmup: int = 3) -> dict[str, float]:
+    """Median seconds of one call of each of `runs`, timed by the host clock over `rounds`
+    round-robin rounds in which each callable runs for a slice of `budget_s / rounds` seconds
+    (at least one call), so every callable meets the same machine conditions and the whole
+    takes about `budget_s` × len(runs) seconds whatever the tails. Ranks candidates only: the
+    cell's own measurement is LoadGen's."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    slice_s = budget_s / rounds
+    for _ in range(rounds):
+        for name, run in runs.items():
+            until = time.perf_counter() + slice_s
+            while True:
+                start = time.perf_counter()
+                run()
+                end = time.perf_counter()
+                samples[name].append(end - start)
+                if end >= until:
+                    break
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+@dataclass
+class SearchResult:
+    """The search's outcome for one model on one machine (what a record's `quantization` holds).
+    Times in ms; `search_s`: seconds the search took when it ran (not on a cache hit)."""
+
+    chosen: str | None
+    qdq: str | None
+    passed: bool
+    beats_fp32: bool
+    why: str
+    fp32_p50_ms: float | None
+    alternatives: list[Measured]
+    configs: dict[str, dict[str, Any]]
+    loss_reason: str | None = None
+    search_s: float = 0.0
+    method: str = ("quick p50 on ONNX Runtime CPU EP, round-robin with fp32 in one process; "
+                   "accuracy: the cell's int8 gates (fidelity to the FP32 reference on its inputs, "
+                   "then the task metric where the workload has one)")
+    cached: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["alternatives"] = [m.to_dict() for m in self.alternatives]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchResult:
+        d = dict(d)
+        d["alternatives"] = [Measured(**m) for m in d["alternatives"]]
+        return cls(**d)
+
+    def record(self, runs_on: str, backend_reads: str) -> dict[str, Any]:
+        """The record's `quantization` field for a cell that ran `runs_on` ("chosen": the
+        configuration chosen for ONNX Runtime; "qdq": the best QDQ one) of this search on
+        `backend_reads`: which configuration executed and its arguments, whether it passed the
+        gate and beat fp32 in the search's timing, why it was chosen, the reason int8 loses when
+        it does, and every measured alternative."""
+        name = self.chosen if runs_on == "chosen" else self.qdq
+        why = self.why
+        if runs_on == "qdq" and self.qdq != self.chosen:
+            why += f"; {backend_reads} reads QDQ models, so it runs {self.qdq}, the best QDQ one"
+        mine = next((m for m in self.alternatives if m.name == name), None)
+        passed = bool(mine and mine.passed)
+        beats = bool(mine and mine.p50_ms is not None and self.fp32_p50_ms is not None
+                     and mine.p50_ms < self.fp32_p50_ms)
+        return {"executed": name, "config": self.configs.get(name or "", {}), "chosen_for_ort": self.chosen,
+                "passed_gate": passed, "beats_fp32": beats, "why": why,
+                "loss_reason": None if beats else self.loss_reason, "fp32_p50_ms": self.fp32_p50_ms,
+                "alternatives": [m.to_dict() for m in self.alternatives], "search_s": round(self.search_s, 3),
+                "cached": self.cached, "method": self.method}
+
+
+def _machine_key() -> dict[str, Any]:
+    from chipbench.machine import machine_info
+
+    m = machine_info()
+    return {k: m.get(k) for k in ("cpu_model", "cores", "isa", "arch")}
+
+
+def search_key(onnx_path: Path, calibration_key: dict, gate: AccuracyGate, threads: int,
+               candidates: Sequence[Int8Config]) -> dict[str, Any]:
+    """The exact key of one search: change any part and the search runs again."""
+    import onnxruntime
+
+    return {"version": SEARCH_VERSION, "model": sha256_file(onnx_path), "calibration": calibration_key,
+            "gate": gate.key(), "threads": threads,
+            "candidates": [c.key() for c in candidates], "machine": _machine_key(),
+            "onnxruntime": onnxruntime.__version__}
+
+
+def search(onnx_path: Path, calibration: Callable[[], list[Arrays]], calibration_key: dict, gate: AccuracyGate,
+           threads: int,
+           candidates: Sequence[Int8Config] = CANDIDATES, budget_s: float = 0.4) -> SearchResult:
+    """The search for `onnx_path` (cached by `search_key`; a hit returns the stored result with
+    `cached` True). Every candidate's model is made (cached too) and a candidate that cannot be
+    made or run is recorded with its error and never chosen."""
+    key = search_key(onnx_path, calibration_key, gate, threads, candidates)
+    text = json.dumps(key, sort_keys=True, default=str)
+    folder = cache_dir("int8-search", hashlib.sha256(text.encode()).hexdigest()[:24])
+    result_file, key_file = folder / "result.json", folder / "key.json"
+    if result_file.exists() and key_file.exists() and key_file.read_text() == text:
+        result = SearchResult.from_dict(json.loads(result_file.read_text()))
+        result.cached = True
+        return result
+    start = time.perf_counter()
+    result = _run_search(onnx_path, calibration, calibration_key, gate, threads, candidates, budget_s)
+    result.search_s = time.perf_counter() - start
+    busy = busy_cores(result.extra.get("machine_load"))
+    if busy:  # a ranking timed beside other work is used once, not kept
+        result.why += (f"; timed while other work kept {busy:.2f} cores busy (above {default_quiet_cores():g}): "
+                       "not cached, the next int8 cell searches again")
+        return result
+    atomic_write_text(result_file, json.dumps(result.to_dict(), sort_keys=True, default=str))
+    atomic_write_text(key_file, text)
+    return result
+
+
+def busy_cores(load: dict[str, Any] | None) -> float | None:
+    """The most cores other work kept busy around the search's timing (`load`: {"before",
+    "after"} LoadSample dicts), when above the machine-quiet threshold (chipbench.quiet's
+    default, CHIPBENCH_QUIET_CORES); None when quiet, unmeasured or judging is off."""
+    limit = default_quiet_cores()
+    samples = [s for s in (load or {}).values() if s]
+    if limit is None or not samples:
+        return None
+    worst = max(s["others_cores"] for s in samples)
+    return worst if worst > limit else None
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    from chipbench.backends.ort_runtime import session_options
+
+    opts = session_options(threads)
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _run_search(onnx_path: Path, calibration, calibration_key: dict, gate: AccuracyGate, threads: int,
+                candidates: Sequence[Int8Config], budget_s: float) -> SearchResult:
+    from chipbench.quantize import int8_model
+
+    runs: dict[str, Callable[[], Any]] = {}
+    paths: dict[str, Path] = {}
+    accuracy: dict[str, tuple[list[str], float | None, float | None]] = {}
+    errors: dict[str, str] = {}
+    inputs = gate.inputs
+    fp32 = _session(onnx_path, threads)
+    runs["fp32"] = lambda s=fp32: s.run(None, inputs)
+    for config in candidates:
+        try:
+            path = int8_model(onnx_path, calibration, calibration_key, config)
+            session = _session(path, threads)
+            names = [o.name for o in session.get_outputs()]
+            failures, fid = gate.check(lambda x, s=session, n=names: dict(zip(n, s.run(n, x))))
+        except Exception as exc:  # one configuration ORT cannot make or run: recorded, never chosen
+            errors[config.name] = one_line(exc, 200)
+            continue
+        paths[config.name] = path
+        accuracy[config.name] = (failures, fid.rel_l2, fid.cosine)
+        runs[config.name] = lambda s=session: s.run(None, inputs)
+    before = try_sample()
+    p50 = quick_p50(runs, budget_s=budget_s)
+    after = try_sample()
+    load = {"before": before.to_dict() if before else None, "after": after.to_dict() if after else None}
+    measured = []
+    for config in candidates:
+        if config.name in errors:
+            measured.append(Measured(config.name, None, False, config.qdq, error=errors[config.name]))
+            continue
+        failures, rel_l2, cosine = accuracy[config.name]
+        measured.append(Measured(config.name, p50[config.name] * 1e3, not failures, config.qdq,
+                                 _finite(rel_l2), _finite(cosine), gate_failure=failures[0] if failures else None))
+    fp32_ms = p50["fp32"] * 1e3
+    choice = select(fp32_ms, measured)
+    loss = None
+    if choice.chosen is not None and not choice.beats_fp32:
+        try:
+            loss = loss_reason(onnx_path, paths[choice.chosen], inputs, threads)
+        except Exception as exc:  # the profile is an explanation, not the result
+            loss = f"per-op profile unavailable: {one_line(exc, 150)}"
+    return SearchResult(choice.chosen, choice.qdq, choice.passed, choice.beats_fp32, choice.why, fp32_ms,
+                        measured, {c.name: c.to_dict() for c in candidates}, loss, extra={"machine_load": load})
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+
+
+def family_times(profile) -> dict[str, float]:
+    """ms per operator family of an ORT per-op profile (`chipbench.opprofile.OpProfile`):
+    quantize/dequantize nodes apart ("quantize/dequantize"), the rest by the profile's category
+    (conv, matmul, pool, norm, other)."""
+    out: dict[str, float] = {}
+    for op in profile.ops:
+        family = "quantize/dequantize" if op.op_type in QDQ_OPS else op.category
+        out[family] = out.get(family, 0.0) + op.time_ms
+    return out
+
+
+def loss_reason(fp32_path: Path, int8_path: Path, inputs: Arrays, threads: int, runs: int = 20) -> str:
+    """One line on why the int8 model is slower than fp32: the operator families whose time
+    grew, from ORT's per-op profiles of both (median of `runs` runs each), with the fp32
+    operators left between Q/DQ pairs (float kernels the int8 graph still runs) named."""
+    from chipbench.backends.ort_profile import profile_ort
+
+    fp = family_times(profile_ort(fp32_path, inputs, runs=runs, threads=threads))
+    prof8 = profile_ort(int8_path, inputs, runs=runs, threads=threads)
+    q8 = family_times(prof8)
+    grew = sorted(((q8.get(f, 0.0) - fp.get(f, 0.0), f) for f in set(fp) | set(q8)), reverse=True)
+    parts = [f"{f} {fp.get(f, 0.0):.3g} -> {q8.get(f, 0.0):.3g} ms" for d, f in grew if d > 0]
+    float_ops = sorted({op.op_type for op in prof8.ops
+                        if op.op_type not in QDQ_OPS and not op.op_type.startswith(("QLinear", "QGemm"))
+                        and op.category in ("conv", "matmul")})
+    text = "slower in int8 (per-op sum fp32 -> int8): " + ("; ".join(parts) if parts else "no family")
+    if float_ops:
+        text += f"; compute still in float: {', '.join(float_ops)}"
+    return text
+
+
+def int8_for(onnx_path: Path, spec, backend: str, qdq_only: bool) -> tuple[Path, dict[str, Any]]:
+    """The int8 model a backend compiles for a cell, and the record's `quantization` field.
+
+    With the cell's accuracy gate in `spec.accuracy_gate` (an AccuracyGate), the configuration
+    the search chose (`qdq_only`: the best QDQ one, for backends that read QDQ models only);
+    without one (a caller outside a cell), the default configuration, `OLD_RECIPE`, and the
+    field says there was no search. Unsupported (chipbench.backends.base) when the cell has no
+    calibration data or no configuration could be made at all."""
+    from chipbench.backends.base import Unsupported, calibration_of
+    from chipbench.int8_configs import OLD_RECIPE
+    from chipbench.machine import usable_cores
+    from chipbench.quantize import int8_model
+
+    batches, key = calibration_of(spec)
+    gate = getattr(spec, "accuracy_gate", None)
+    if gate is None:
+        return int8_model(onnx_path, batches, dict(key)), {
+            "executed": OLD_RECIPE.name, "config": OLD_RECIPE.to_dict(),
+            "why": "no accuracy gate to search with: the default configuration"}
+    result = search(onnx_path, batches, dict(key), gate, spec.threads or usable_cores())
+    name = result.qdq if qdq_only else result.chosen
+    if name is None:
+        raise Unsupported(f"int8: {result.why}")
+    config = next(c for c in CANDIDATES if c.name == name)
+    return (int8_model(onnx_path, batches, dict(key), config),
+            result.record("qdq" if qdq_only else "chosen", backend))
+
+
+def accuracy_gate_for(prep, task_samples: int) -> AccuracyGate | None:
+    """The int8 accuracy gate of a cell's preparation (chipbench.cell.Preparation): its
+    tolerance, inputs and FP32 reference, and its workload's task metric on `task_samples`
+    test samples (chipbench.taskeval, the same check the cell makes) where it has one. None
+    unless the cell runs int8."""
+    if prep.precision != "int8":
+        return None
+    task = task_key = None
+    workload = prep.workload
+    if workload is not None and workload.task_metric and task_samples > 0:
+        from chipbench.taskeval import DEFAULT_GATE, task_accuracy
+
+        def task(run):
+            return task_accuracy(run, workload, prep.batch, task_samples)
+
+        task_key = {"workload": workload.key(), "metric": workload.task_metric, "samples": task_samples,
+                    "batch": prep.batch, "gate": getattr(workload, "task_gate", DEFAULT_GATE)}
+    return AccuracyGate(prep.tolerance, prep.prepared.inputs, prep.prepared.reference, task, task_key)
