@@ -170,3 +170,19 @@ def test_int8_cell_records_the_configuration_it_ran_and_why():
     fp32 = execute(Cell(workload="tiny-mlp", backend="ort-cpu", settings=quick, task_samples=0))
     assert fp32.quantization is None
     validate(fp32.to_dict())
+    # the report names the configuration, and calls int8 a loss only when the cells say so
+    import copy
+
+    from chipbench.report import render
+    from chipbench.report_int8 import int8_findings
+
+    md = render([fp32, rec], "md")
+    assert "int8: the configuration a deployer would choose" in md and q["executed"] in md
+    slow = copy.deepcopy(rec)
+    slow.latency["median"] = fp32.latency["median"] * 2
+    slow.quantization["loss_reason"] = "slower in int8 (per-op sum fp32 -> int8): quantize/dequantize 0 -> 1 ms"
+    [finding] = int8_findings([fp32, slow])
+    assert finding.loses and finding.speedup == pytest.approx(0.5) and "quantize/dequantize" in finding.text
+    failing = copy.deepcopy(rec)
+    failing.quantization["passed_gate"] = False
+    assert "no int8 configuration passes" in int8_findings([fp32, failing])[0].text
