@@ -104,11 +104,11 @@ class Choice:
 
 def select(fp32_ms: float | None, measured: Sequence[Measured]) -> Choice:
     """The fastest passing configuration by quick p50 (ties: the earlier candidate); when none
-    passes, the most faithful one (lowest relative L2) so its cell shows what int8 costs.
-    Pure: depends on its arguments only."""
+    passes, the most faithful one (lowest relative L2; among equally faithful ones the fastest)
+    so its cell shows what int8 costs. Pure: depends on its arguments only."""
     ran = [m for m in measured if m.p50_ms is not None]
     passing = sorted((m for m in ran if m.passed), key=lambda m: m.p50_ms)  # stable: candidate order on ties
-    faithful = sorted((m for m in ran if m.rel_l2 is not None), key=lambda m: m.rel_l2)
+    faithful = sorted((m for m in ran if m.rel_l2 is not None), key=lambda m: (m.rel_l2, m.p50_ms))
     if passing:
         best = passing[0]
         qdq = next((m.name for m in passing if m.qdq), None) or next((m.name for m in faithful if m.qdq), None)

@@ -119,6 +119,8 @@ def test_a_failing_configuration_is_never_chosen_however_fast():
     assert "fast-wrong" in choice.why  # named as failing the gate
     none = select(0.30, [m("x", 0.1, False, rel_l2=0.4), m("y", 0.2, False, rel_l2=0.3)])
     assert none.chosen == "y" and none.passed is False and "no configuration passes" in none.why
+    tie = select(0.30, [m("slow", 0.5, False, rel_l2=0.3), m("fast", 0.2, False, rel_l2=0.3), m("z", 0.1, False, rel_l2=0.4)])
+    assert tie.chosen == "fast"  # equally faithful: the faster
     assert select(0.3, [m("broken", None, False, rel_l2=None)]).chosen is None
 
 
