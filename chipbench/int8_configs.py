@@ -108,8 +108,6 @@ def excluded_nodes(model: Any, rule: str | None) -> list[str]:
         return []
     if rule != "depthwise-conv":
         raise ValueError(f"unknown exclusion rule '{rule}'")
-    from onnx import numpy_helper
-
     weights = {t.name: t for t in model.graph.initializer}
     names = []
     for node in model.graph.node:
@@ -117,9 +115,17 @@ def excluded_nodes(model: Any, rule: str | None) -> list[str]:
             continue
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         w = weights.get(node.input[1]) if len(node.input) > 1 else None
-        if group > 1 and w is not None and numpy_helper.to_array(w).shape[1] == 1:
+        if group > 1 and w is not None and len(w.dims) > 1 and w.dims[1] == 1:
             names.append(node.name)
     return names
+
+
+def not_applicable(config: Int8Config, model: Any) -> str | None:
+    """Why `config` would make the same model as one without its exclusion rule (the ONNX
+    `model` has nothing the rule keeps in fp32), or None when it applies."""
+    if config.exclude and not excluded_nodes(model, config.exclude):
+        return f"not applicable: the model has no node its '{config.exclude}' rule keeps in fp32"
+    return None
 
 
 def calibrate(pre_path: Path, calibration: Callable[[], list[dict]], method: str, ranges_file: Path) -> None:

@@ -286,7 +286,16 @@ def _run_search(onnx_path: Path, calibration, calibration_key: dict, gate: Accur
     inputs = gate.inputs
     fp32 = _session(onnx_path, threads)
     runs["fp32"] = lambda s=fp32: s.run(None, inputs)
+    import onnx
+
+    from chipbench.int8_configs import not_applicable
+
+    graph = onnx.load(str(onnx_path), load_external_data=False)
     for config in candidates:
+        skip = not_applicable(config, graph)
+        if skip:
+            errors[config.name] = skip
+            continue
         try:
             path = int8_model(onnx_path, calibration, calibration_key, config)
             session = _session(path, threads)

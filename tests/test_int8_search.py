@@ -188,3 +188,29 @@ def test_int8_cell_records_the_configuration_it_ran_and_why():
     failing = copy.deepcopy(rec)
     failing.quantization["passed_gate"] = False
     assert "no int8 configuration passes" in int8_findings([fp32, failing])[0].text
+
+
+def test_a_rule_with_nothing_to_keep_is_not_measured(tmp_path, monkeypatch):
+    import onnx
+
+    from chipbench.int8_configs import not_applicable
+
+    monkeypatch.setenv("CHIPBENCH_QUIET_CORES", "off")
+    path = tiny_model(tmp_path / "plain.onnx")
+    proto = onnx.load(str(path))
+    for node in proto.graph.node:  # the depthwise conv becomes a plain one
+        if node.name == "dwconv":
+            node.input[1] = "w1b"
+            del node.attribute[:]
+            node.attribute.extend([onnx.helper.make_attribute("pads", [1, 1, 1, 1])])
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(
+        np.random.default_rng(1).normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), "w1b"))
+    onnx.save(proto, str(path))
+    keep_dw = next(c for c in CANDIDATES if c.exclude == "depthwise-conv")
+    assert "not applicable" in not_applicable(keep_dw, proto)
+    x = batches()[0]
+    gate = AccuracyGate(Tolerance(float("inf"), 0.25, 0.97), x, reference(path, x))
+    result = search(path, batches, CAL_KEY, gate, threads=1, candidates=(OLD_RECIPE, keep_dw), budget_s=0.02)
+    skipped = result.alternatives[1]
+    assert skipped.p50_ms is None and not skipped.passed and "not applicable" in skipped.error
+    assert result.chosen == OLD_RECIPE.name
