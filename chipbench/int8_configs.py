@@ -39,7 +39,7 @@ class Int8Config:
     "QUInt8" or "QInt8". `per_channel`: one weight scale per output channel, else one per tensor.
     `reduce_range`: 7-bit weights. `op_types`: the operator types quantized (None: all that ORT
     can). `exclude`: a named rule for nodes kept in fp32 ("depthwise-conv": grouped convolutions
-    with one input channel per group). `matmul_const_b_only`: quantize only MatMuls whose second
+    with one input channel per group; "first-layer": the first Conv/MatMul/Gemm). `matmul_const_b_only`: quantize only MatMuls whose second
     input is a weight (activation×activation products, e.g. attention scores, stay fp32).
     `calibration`: "MinMax", "Entropy" or "Percentile"."""
 
@@ -89,6 +89,8 @@ CANDIDATES: tuple[Int8Config, ...] = (
                    "attention's activation products stay fp32 (no Q/DQ around them)"),
     Int8Config("qdq-u8s8-keep-depthwise", exclude="depthwise-conv",
                why="depthwise convolutions stay fp32 (little arithmetic, int8 kernels rarely faster)"),
+    Int8Config("qdq-u8s8-keep-first", exclude="first-layer",
+               why="the first Conv/MatMul/Gemm (the stem, reading raw sensor or pixel data) stays fp32"),
     Int8Config("qop-u8s8-perchannel", format="QOperator",
                why="QOperator format: QLinearConv/QLinearMatMul written into the graph (ORT only)"),
     Int8Config("qop-u8s8-compute-only", format="QOperator", op_types=COMPUTE_OPS, matmul_const_b_only=True,
@@ -101,11 +103,14 @@ def candidate_names(candidates: tuple[Int8Config, ...] = CANDIDATES) -> list[str
 
 
 def excluded_nodes(model: Any, rule: str | None) -> list[str]:
-    """Names of the nodes `rule` keeps in fp32 in the ONNX `model` (a ModelProto).
-    "depthwise-conv": Conv nodes whose `group` equals their weight's input channels × group
-    (one input channel per group) and is above 1. ValueError for an unknown rule."""
+    """Names of the nodes `rule` keeps in fp32 in the ONNX `model` (a ModelProto, nodes in
+    topological order as ONNX requires). "depthwise-conv": Conv nodes with `group` above 1 and
+    one input channel per group (weight shape [C_out, 1, k...]). "first-layer": the first
+    node of the graph whose type is in COMPUTE_OPS. ValueError for an unknown rule."""
     if rule is None:
         return []
+    if rule == "first-layer":
+        return next(([n.name] for n in model.graph.node if n.op_type in COMPUTE_OPS), [])
     if rule != "depthwise-conv":
         raise ValueError(f"unknown exclusion rule '{rule}'")
     weights = {t.name: t for t in model.graph.initializer}

@@ -30,7 +30,7 @@ import numpy as np
 
 from chipbench.accuracy import Tolerance, check, fidelity
 from chipbench.errors import one_line
-from chipbench.int8_configs import CANDIDATES, Int8Config
+from chipbench.int8_configs import CANDIDATES, OLD_RECIPE, Int8Config
 from chipbench.paths import atomic_write_text, cache_dir, sha256_file
 from chipbench.quiet import default_quiet_cores, try_sample
 
@@ -118,8 +118,11 @@ def select(fp32_ms: float | None, measured: Sequence[Measured]) -> Choice:
                f"({best.p50_ms:.3g} ms p50"
                + (f" vs fp32 {fp32_ms:.3g} ms" if fp32_ms is not None else "") + ")"
                + (f"; slower: {', '.join(slower)}" if slower else "")
-               + (f"; failing the gate: {', '.join(m.name for m in measured if not m.passed)}"
-                  if any(not m.passed for m in measured) else ""))
+               + _listed("failing the gate", [m.name for m in measured if not m.passed and m.error is None])
+               + _listed("not run", [m.name for m in measured if m.error is not None]))
+        old = next((m for m in ran if m.name == OLD_RECIPE.name), None)
+        if old is not None and old.name != best.name:
+            why += f"; the previous fixed recipe {old.name}: {old.p50_ms:.3g} ms"
         return Choice(best.name, qdq, True, beats, why)
     if not faithful:
         return Choice(None, None, False, False, "no int8 configuration could be made or run")
@@ -128,6 +131,10 @@ def select(fp32_ms: float | None, measured: Sequence[Measured]) -> Choice:
     return Choice(best.name, qdq, False, fp32_ms is not None and best.p50_ms < fp32_ms,
                   f"no configuration passes the accuracy gate; {best.name} is the most faithful "
                   f"(rel L2 {best.rel_l2:.3g})")
+
+
+def _listed(label: str, names: list[str]) -> str:
+    return f"; {label}: {', '.join(names)}" if names else ""
 
 
 def quick_p50(runs: dict[str, Callable[[], Any]], budget_s: float = 0.4, rounds: int = 5,
@@ -378,7 +385,6 @@ def int8_for(onnx_path: Path, spec, backend: str, qdq_only: bool) -> tuple[Path,
     field says there was no search. Unsupported (chipbench.backends.base) when the cell has no
     calibration data or no configuration could be made at all."""
     from chipbench.backends.base import Unsupported, calibration_of
-    from chipbench.int8_configs import OLD_RECIPE
     from chipbench.machine import usable_cores
     from chipbench.quantize import int8_model
 

@@ -42,8 +42,9 @@ def int8_findings(records: list[RunRecord]) -> list[Int8Finding]:
         speedup = base.latency["median"] / r.latency["median"] if base else None
         alternatives = q.get("alternatives") or []
         if alternatives and not q.get("passed_gate"):
-            loses, text = True, (f"no int8 configuration passes the accuracy gate: {q['why']}"
-                                 + _first_failure(alternatives, q.get("executed")))
+            loses, text = True, (q["why"] + _first_failure(alternatives, q.get("executed"))
+                                 + (f"; and slower than fp32: {q['loss_reason']}"
+                                    if speedup is not None and speedup < 1 and q.get("loss_reason") else ""))
         elif speedup is not None and speedup < 1:
             reason = q.get("loss_reason") or ("the search's own timing had it faster than fp32, so the gap "
                                               "is within this machine's noise")

@@ -78,9 +78,10 @@ def test_every_configuration_makes_a_model_onnx_runtime_runs(model):
             assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops, config.name
         else:
             assert "QLinearConv" in ops, config.name
-        if config.exclude == "depthwise-conv":  # the depthwise conv reads a float weight
-            dw = next(n for n in proto.graph.node if n.name == "dwconv")
-            assert dw.input[1] == "w2"
+        kept = {"depthwise-conv": ("dwconv", "w2"), "first-layer": ("conv", "w1")}.get(config.exclude)
+        if kept:  # the node kept in fp32 reads its float weight
+            node = next(n for n in proto.graph.node if n.name == kept[0])
+            assert node.input[1] == kept[1], config.name
         y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["y"], x)[0]
         assert y.shape == ref.shape and np.all(np.isfinite(y))
         assert 0 < np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.5, config.name  # quantized, still close
@@ -88,11 +89,12 @@ def test_every_configuration_makes_a_model_onnx_runtime_runs(model):
     assert len(paths) == len(CANDIDATES)  # each configuration is a model of its own
 
 
-def test_depthwise_rule_names_grouped_convolutions_only(model):
+def test_exclusion_rules_name_the_nodes_they_keep(model):
     import onnx
 
     proto = onnx.load(str(model))
     assert excluded_nodes(proto, "depthwise-conv") == ["dwconv"]
+    assert excluded_nodes(proto, "first-layer") == ["conv"]
     assert excluded_nodes(proto, None) == []
     with pytest.raises(ValueError, match="unknown exclusion"):
         excluded_nodes(proto, "everything")
@@ -180,14 +182,16 @@ def test_int8_cell_records_the_configuration_it_ran_and_why():
 
     md = render([fp32, rec], "md")
     assert "int8: the configuration a deployer would choose" in md and q["executed"] in md
+    assert "int8: the configuration a deployer would choose" in render([fp32, rec], "html")
     slow = copy.deepcopy(rec)
     slow.latency["median"] = fp32.latency["median"] * 2
     slow.quantization["loss_reason"] = "slower in int8 (per-op sum fp32 -> int8): quantize/dequantize 0 -> 1 ms"
     [finding] = int8_findings([fp32, slow])
     assert finding.loses and finding.speedup == pytest.approx(0.5) and "quantize/dequantize" in finding.text
     failing = copy.deepcopy(rec)
-    failing.quantization["passed_gate"] = False
-    assert "no int8 configuration passes" in int8_findings([fp32, failing])[0].text
+    failing.quantization.update(passed_gate=False, why="no configuration passes the accuracy gate; x is the most faithful")
+    assert int8_findings([fp32, failing])[0].loses
+    assert "no configuration passes" in int8_findings([fp32, failing])[0].text
 
 
 def test_a_rule_with_nothing_to_keep_is_not_measured(tmp_path, monkeypatch):
