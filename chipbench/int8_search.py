@@ -35,7 +35,7 @@ from chipbench.paths import atomic_write_text, cache_dir, sha256_file
 from chipbench.quiet import default_quiet_cores, try_sample
 
 Arrays = dict[str, np.ndarray]
-SEARCH_VERSION = 1  # bump when the search's method changes (part of the cache key)
+SEARCH_VERSION = 2  # bump when the search's method changes (part of the cache key)
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,12 +52,18 @@ class AccuracyGate:
     task_key: dict | None = None
 
     def check(self, run: Callable[[Arrays], Arrays]) -> tuple[list[str], Any]:
-        """(failures, Fidelity) of `run` against the gates; no failures means it passes."""
+        """(failures, Fidelity) of `run` against both gates; no failures means it passes."""
+        failures, fid = self.check_fidelity(run)
+        return (failures or self.check_task(run)), fid
+
+    def check_fidelity(self, run: Callable[[Arrays], Arrays]) -> tuple[list[str], Any]:
+        """(failures, Fidelity) of `run(inputs)` against the reference (one call)."""
         fid = fidelity(run(self.inputs), self.reference)
-        failures = check(fid, self.tolerance)
-        if not failures and self.task is not None:  # the task metric only when fidelity holds
-            failures += list(self.task(run).get("failures", []))
-        return failures, fid
+        return check(fid, self.tolerance), fid
+
+    def check_task(self, run: Callable[[Arrays], Arrays]) -> list[str]:
+        """The task metric's failures of `run` (none when the workload has no task metric)."""
+        return list(self.task(run).get("failures", [])) if self.task is not None else []
 
     def key(self) -> dict[str, Any]:
         digest = hashlib.sha256()
@@ -83,6 +89,7 @@ class Measured:
     cosine: float | None = None
     error: str | None = None
     gate_failure: str | None = None  # the first accuracy gate it missed
+    task_checked: bool = True  # False: fidelity only (a faster configuration already passed both gates)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,8 +185,9 @@ class SearchResult:
     loss_reason: str | None = None
     search_s: float = 0.0
     method: str = ("quick p50 on ONNX Runtime CPU EP, round-robin with fp32 in one process; "
-                   "accuracy: the cell's int8 gates (fidelity to the FP32 reference on its inputs, "
-                   "then the task metric where the workload has one)")
+                   "accuracy: the cell's int8 gates (fidelity to the FP32 reference on its inputs for "
+                   "all; the task metric, where the workload has one, fastest first until one "
+                   "configuration and one QDQ configuration pass both)")
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -284,19 +292,19 @@ def _session(path: Path, threads: int):
 
 def _run_search(onnx_path: Path, calibration, calibration_key: dict, gate: AccuracyGate, threads: int,
                 candidates: Sequence[Int8Config], budget_s: float) -> SearchResult:
+    import onnx
+
+    from chipbench.int8_configs import not_applicable
     from chipbench.quantize import int8_model
 
     runs: dict[str, Callable[[], Any]] = {}
+    model_runs: dict[str, Callable[[Arrays], Arrays]] = {}
     paths: dict[str, Path] = {}
     accuracy: dict[str, tuple[list[str], float | None, float | None]] = {}
     errors: dict[str, str] = {}
     inputs = gate.inputs
     fp32 = _session(onnx_path, threads)
     runs["fp32"] = lambda s=fp32: s.run(None, inputs)
-    import onnx
-
-    from chipbench.int8_configs import not_applicable
-
     graph = onnx.load(str(onnx_path), load_external_data=False)
     for config in candidates:
         skip = not_applicable(config, graph)
@@ -307,17 +315,34 @@ def _run_search(onnx_path: Path, calibration, calibration_key: dict, gate: Accur
             path = int8_model(onnx_path, calibration, calibration_key, config)
             session = _session(path, threads)
             names = [o.name for o in session.get_outputs()]
-            failures, fid = gate.check(lambda x, s=session, n=names: dict(zip(n, s.run(n, x))))
+            model_run = (lambda x, s=session, n=names: dict(zip(n, s.run(n, x))))
+            failures, fid = gate.check_fidelity(model_run)
         except Exception as exc:  # one configuration ORT cannot make or run: recorded, never chosen
             errors[config.name] = one_line(exc, 200)
             continue
         paths[config.name] = path
         accuracy[config.name] = (failures, fid.rel_l2, fid.cosine)
+        model_runs[config.name] = model_run
         runs[config.name] = lambda s=session: s.run(None, inputs)
     before = try_sample()
     p50 = quick_p50(runs, budget_s=budget_s)
     after = try_sample()
     load = {"before": before.to_dict() if before else None, "after": after.to_dict() if after else None}
+    # The task metric (hundreds of queries each) only where it can change the choice: fastest
+    # first, until a configuration and a QDQ configuration have passed both gates.
+    task_checked: set[str] = set()
+    need_any = need_qdq = True
+    by_speed = sorted((c for c in candidates if c.name in accuracy and not accuracy[c.name][0]),
+                      key=lambda c: p50[c.name])
+    for config in by_speed:
+        if not (need_any or (need_qdq and config.qdq)):
+            continue
+        task_checked.add(config.name)
+        failures = gate.check_task(model_runs[config.name])
+        accuracy[config.name] = (failures, *accuracy[config.name][1:])
+        if not failures:
+            need_any = False
+            need_qdq = need_qdq and not config.qdq
     measured = []
     for config in candidates:
         if config.name in errors:
@@ -325,7 +350,8 @@ def _run_search(onnx_path: Path, calibration, calibration_key: dict, gate: Accur
             continue
         failures, rel_l2, cosine = accuracy[config.name]
         measured.append(Measured(config.name, p50[config.name] * 1e3, not failures, config.qdq,
-                                 _finite(rel_l2), _finite(cosine), gate_failure=failures[0] if failures else None))
+                                 _finite(rel_l2), _finite(cosine), gate_failure=failures[0] if failures else None,
+                                 task_checked=gate.task is None or config.name in task_checked))
     fp32_ms = p50["fp32"] * 1e3
     choice = select(fp32_ms, measured)
     loss = None

@@ -218,3 +218,26 @@ def test_a_rule_with_nothing_to_keep_is_not_measured(tmp_path, monkeypatch):
     skipped = result.alternatives[1]
     assert skipped.p50_ms is None and not skipped.passed and "not applicable" in skipped.error
     assert result.chosen == OLD_RECIPE.name
+
+
+def test_the_task_metric_is_checked_fastest_first_and_only_as_far_as_needed(model, monkeypatch):
+    monkeypatch.setenv("CHIPBENCH_QUIET_CORES", "off")
+    x = batches()[0]
+    few = (OLD_RECIPE, Int8Config("qdq-u8s8-pertensor", per_channel=False))
+    calls = []
+
+    def gate(verdict):
+        def task(run):
+            calls.append(run(x)["y"].shape)
+            return {"failures": [] if verdict else ["accuracy 0.5 vs FP32 0.9 (55.6% of reference, gate 99%)"]}
+
+        return AccuracyGate(Tolerance(float("inf"), 0.25, 0.97), x, reference(model, x), task, {"verdict": verdict})
+
+    ok = search(model, batches, CAL_KEY, gate(True), threads=1, candidates=few, budget_s=0.02)
+    assert len(calls) == 1 and ok.passed  # both QDQ: the fastest passing both gates settles it
+    [checked] = [a for a in ok.alternatives if a.task_checked]
+    assert checked.name == ok.chosen
+    calls.clear()
+    bad = search(model, batches, CAL_KEY, gate(False), threads=1, candidates=few, budget_s=0.02)
+    assert len(calls) == 2 and not bad.passed  # none passes: every one was checked
+    assert all(a.task_checked and "gate 99%" in a.gate_failure for a in bad.alternatives)
