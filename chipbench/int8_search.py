@@ -243,7 +243,7 @@ def search_key(onnx_path: Path, calibration_key: dict, gate: AccuracyGate, threa
 
 def search(onnx_path: Path, calibration: Callable[[], list[Arrays]], calibration_key: dict, gate: AccuracyGate,
            threads: int,
-           candidates: Sequence[Int8Config] = CANDIDATES, budget_s: float = 0.4) -> SearchResult:
+           candidates: Sequence[Int8Config] = CANDIDATES, budget_s: float = 0.3) -> SearchResult:
     """The search for `onnx_path` (cached by `search_key`; a hit returns the stored result with
     `cached` True). Every candidate's model is made (cached too) and a candidate that cannot be
     made or run is recorded with its error and never chosen."""
