@@ -22,7 +22,7 @@ from chipbench.backends.base import Arrays, Compiled, CompileSpec, Unsupported, 
 from chipbench.byo import ModelError, prepare_model
 from chipbench.device import Device, DeviceError, default_device, supported_kinds
 from chipbench.errors import one_line
-from chipbench.int8_search import accuracy_gate_for
+from chipbench.int8_gate import accuracy_gate_for
 from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
 from chipbench.prepare import Prepared, prepare_workload, sha256_file

@@ -6,7 +6,7 @@ timed on ONNX Runtime's CPU execution provider beside the fp32 model in the same
 (`quick_p50`: round-robin rounds, so drift of a shared machine spreads over all candidates
 alike). `select` (a pure function) picks the fastest configuration that passes; when it is
 slower than fp32, `loss_reason` says which operator families got slower (from ORT's per-op
-profiles of both). The search runs once and is cached under the cache dir by its exact key:
+profiles of both, chipbench.int8_loss). The search runs once and is cached under the cache dir by its exact key:
 the model's hash, the candidate set, the calibration data, the gate, the inputs, the thread
 count, the machine (CPU model, ISA flags, cores) and ONNX Runtime's version.
 
@@ -28,51 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from chipbench.accuracy import Tolerance, check, fidelity
 from chipbench.errors import one_line
 from chipbench.int8_configs import CANDIDATES, OLD_RECIPE, Int8Config
+from chipbench.int8_gate import AccuracyGate
 from chipbench.paths import atomic_write_text, cache_dir, sha256_file
 from chipbench.quiet import default_quiet_cores, try_sample
 
 Arrays = dict[str, np.ndarray]
 SEARCH_VERSION = 2  # bump when the search's method changes (part of the cache key)
-
-
-@dataclass(frozen=True, eq=False)
-class AccuracyGate:
-    """A cell's accuracy gates as a check on any model's run function: fidelity of
-    `run(inputs)` to the FP32 `reference` within `tolerance` (chipbench.accuracy), and, where
-    the workload has a task metric, `task(run)` (chipbench.taskeval.task_accuracy's dict, whose
-    "failures" fail the gate). `task_key` says what `task` measures (for cache keys)."""
-
-    tolerance: Tolerance
-    inputs: Arrays
-    reference: Arrays
-    task: Callable[[Callable[[Arrays], Arrays]], dict] | None = None
-    task_key: dict | None = None
-
-    def check(self, run: Callable[[Arrays], Arrays]) -> tuple[list[str], Any]:
-        """(failures, Fidelity) of `run` against both gates; no failures means it passes."""
-        failures, fid = self.check_fidelity(run)
-        return (failures or self.check_task(run)), fid
-
-    def check_fidelity(self, run: Callable[[Arrays], Arrays]) -> tuple[list[str], Any]:
-        """(failures, Fidelity) of `run(inputs)` against the reference (one call)."""
-        fid = fidelity(run(self.inputs), self.reference)
-        return check(fid, self.tolerance), fid
-
-    def check_task(self, run: Callable[[Arrays], Arrays]) -> list[str]:
-        """The task metric's failures of `run` (none when the workload has no task metric)."""
-        return list(self.task(run).get("failures", [])) if self.task is not None else []
-
-    def key(self) -> dict[str, Any]:
-        digest = hashlib.sha256()
-        for arrays in (self.inputs, self.reference):
-            for name in sorted(arrays):
-                a = np.ascontiguousarray(arrays[name])
-                digest.update(f"{name}:{a.dtype}:{a.shape}".encode())
-                digest.update(a.tobytes())
-        return {"tolerance": asdict(self.tolerance), "data": digest.hexdigest(), "task": self.task_key}
 
 
 @dataclass(frozen=True)
@@ -357,6 +320,8 @@ def _run_search(onnx_path: Path, calibration, calibration_key: dict, gate: Accur
     loss = None
     if choice.chosen is not None and not choice.beats_fp32:
         try:
+            from chipbench.int8_loss import loss_reason
+
             loss = loss_reason(onnx_path, paths[choice.chosen], inputs, threads)
         except Exception as exc:  # the profile is an explanation, not the result
             loss = f"per-op profile unavailable: {one_line(exc, 150)}"
@@ -366,40 +331,6 @@ def _run_search(onnx_path: Path, calibration, calibration_key: dict, gate: Accur
 
 def _finite(x: float | None) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
-
-
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
-
-
-def family_times(profile) -> dict[str, float]:
-    """ms per operator family of an ORT per-op profile (`chipbench.opprofile.OpProfile`):
-    quantize/dequantize nodes apart ("quantize/dequantize"), the rest by the profile's category
-    (conv, matmul, pool, norm, other)."""
-    out: dict[str, float] = {}
-    for op in profile.ops:
-        family = "quantize/dequantize" if op.op_type in QDQ_OPS else op.category
-        out[family] = out.get(family, 0.0) + op.time_ms
-    return out
-
-
-def loss_reason(fp32_path: Path, int8_path: Path, inputs: Arrays, threads: int, runs: int = 20) -> str:
-    """One line on why the int8 model is slower than fp32: the operator families whose time
-    grew, from ORT's per-op profiles of both (median of `runs` runs each), with the fp32
-    operators left between Q/DQ pairs (float kernels the int8 graph still runs) named."""
-    from chipbench.backends.ort_profile import profile_ort
-
-    fp = family_times(profile_ort(fp32_path, inputs, runs=runs, threads=threads))
-    prof8 = profile_ort(int8_path, inputs, runs=runs, threads=threads)
-    q8 = family_times(prof8)
-    grew = sorted(((q8.get(f, 0.0) - fp.get(f, 0.0), f) for f in set(fp) | set(q8)), reverse=True)
-    parts = [f"{f} {fp.get(f, 0.0):.3g} -> {q8.get(f, 0.0):.3g} ms" for d, f in grew if d > 0]
-    float_ops = sorted({op.op_type for op in prof8.ops
-                        if op.op_type not in QDQ_OPS and not op.op_type.startswith(("QLinear", "QGemm"))
-                        and op.category in ("conv", "matmul")})
-    text = "slower in int8 (per-op sum fp32 -> int8): " + ("; ".join(parts) if parts else "no family")
-    if float_ops:
-        text += f"; compute still in float: {', '.join(float_ops)}"
-    return text
 
 
 def int8_for(onnx_path: Path, spec, backend: str, qdq_only: bool) -> tuple[Path, dict[str, Any]]:
@@ -427,23 +358,3 @@ def int8_for(onnx_path: Path, spec, backend: str, qdq_only: bool) -> tuple[Path,
     config = next(c for c in CANDIDATES if c.name == name)
     return (int8_model(onnx_path, batches, dict(key), config),
             result.record("qdq" if qdq_only else "chosen", backend))
-
-
-def accuracy_gate_for(prep, task_samples: int) -> AccuracyGate | None:
-    """The int8 accuracy gate of a cell's preparation (chipbench.cell.Preparation): its
-    tolerance, inputs and FP32 reference, and its workload's task metric on `task_samples`
-    test samples (chipbench.taskeval, the same check the cell makes) where it has one. None
-    unless the cell runs int8."""
-    if prep.precision != "int8":
-        return None
-    task = task_key = None
-    workload = prep.workload
-    if workload is not None and workload.task_metric and task_samples > 0:
-        from chipbench.taskeval import DEFAULT_GATE, task_accuracy
-
-        def task(run):
-            return task_accuracy(run, workload, prep.batch, task_samples)
-
-        task_key = {"workload": workload.key(), "metric": workload.task_metric, "samples": task_samples,
-                    "batch": prep.batch, "gate": getattr(workload, "task_gate", DEFAULT_GATE)}
-    return AccuracyGate(prep.tolerance, prep.prepared.inputs, prep.prepared.reference, task, task_key)

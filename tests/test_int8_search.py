@@ -10,7 +10,8 @@ import pytest
 
 from chipbench.accuracy import Tolerance
 from chipbench.int8_configs import CANDIDATES, OLD_RECIPE, Int8Config, excluded_nodes
-from chipbench.int8_search import AccuracyGate, Measured, SearchResult, search, select
+from chipbench.int8_gate import AccuracyGate
+from chipbench.int8_search import Measured, SearchResult, search, select
 
 pytest.importorskip("onnxruntime")
 
@@ -241,3 +242,17 @@ def test_the_task_metric_is_checked_fastest_first_and_only_as_far_as_needed(mode
     bad = search(model, batches, CAL_KEY, gate(False), threads=1, candidates=few, budget_s=0.02)
     assert len(calls) == 2 and not bad.passed  # none passes: every one was checked
     assert all(a.task_checked and "gate 99%" in a.gate_failure for a in bad.alternatives)
+
+
+def test_loss_reason_names_operator_families_from_both_profiles(model):
+    from types import SimpleNamespace
+
+    from chipbench.int8_loss import family_times, loss_reason
+    from chipbench.quantize import int8_model
+
+    prof = SimpleNamespace(ops=[SimpleNamespace(op_type="QuantizeLinear", category="other", time_ms=0.1),
+                                SimpleNamespace(op_type="QLinearConv", category="conv", time_ms=0.3),
+                                SimpleNamespace(op_type="DequantizeLinear", category="other", time_ms=0.2)])
+    assert family_times(prof) == pytest.approx({"quantize/dequantize": 0.3, "conv": 0.3})
+    text = loss_reason(model, int8_model(model, batches, CAL_KEY), batches()[0], threads=1, runs=3)
+    assert text.startswith("slower in int8 (per-op sum fp32 -> int8): ")
