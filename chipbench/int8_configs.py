@@ -34,14 +34,16 @@ class Int8Config:
     """One static-quantization configuration, by name.
 
     `format`: "QDQ" (QuantizeLinear/DequantizeLinear pairs around float operators, which the
-    runtime fuses into int8 kernels; what other runtimes read) or "QOperator" (QLinearConv,
-    QLinearMatMul, ... written into the graph; ONNX Runtime only). `activations`/`weights`:
+    runtime fuses into int8 kernels; what other runtimes read), "QOperator" (QLinearConv,
+    QLinearMatMul, ... written into the graph; ONNX Runtime only) or "dynamic" (ORT's
+    `quantize_dynamic`: int8 weights, activations quantized per query by
+    DynamicQuantizeLinear, so `calibration` is "none"; ONNX Runtime only). `activations`/`weights`:
     "QUInt8" or "QInt8". `per_channel`: one weight scale per output channel, else one per tensor.
     `reduce_range`: 7-bit weights. `op_types`: the operator types quantized (None: all that ORT
     can). `exclude`: a named rule for nodes kept in fp32 ("depthwise-conv": grouped convolutions
     with one input channel per group; "first-layer": the first Conv/MatMul/Gemm). `matmul_const_b_only`: quantize only MatMuls whose second
     input is a weight (activation×activation products, e.g. attention scores, stay fp32).
-    `calibration`: "MinMax", "Entropy" or "Percentile"."""
+    `calibration`: "MinMax", "Entropy" or "Percentile" ("none" for dynamic quantization)."""
 
     name: str
     format: str = "QDQ"
@@ -95,6 +97,10 @@ CANDIDATES: tuple[Int8Config, ...] = (
                why="QOperator format: QLinearConv/QLinearMatMul written into the graph (ORT only)"),
     Int8Config("qop-u8s8-compute-only", format="QOperator", op_types=COMPUTE_OPS, matmul_const_b_only=True,
                why="QOperator, only Conv/MatMul/Gemm with weights in int8"),
+    Int8Config("dynamic-s8-matmul", format="dynamic", activations="QUInt8", weights="QInt8",
+               op_types=("MatMul", "Gemm"), matmul_const_b_only=True, calibration="none",
+               why="dynamic quantization of the weighted MatMul/Gemm (activation ranges taken per query, "
+                   "no calibration): ORT's advice for transformers"),
 )
 
 
@@ -157,16 +163,23 @@ def calibrate(pre_path: Path, calibration: Callable[[], list[dict]], method: str
         save_tensors_data(calibrator.compute_data(), ranges_file)
 
 
-def make_int8(config: Int8Config, pre_path: Path, out: Path, ranges_file: Path) -> None:
+def make_int8(config: Int8Config, pre_path: Path, out: Path, ranges_file: Path | None) -> None:
     """Write `config`'s int8 model of `pre_path` (a model already through ORT's
     `quant_pre_process`) to `out`, with the activation ranges in `ranges_file` (see
-    `calibrate`; its method must be `config.calibration`). Errors are ORT's (the caller reports
-    them)."""
+    `calibrate`; its method must be `config.calibration`; None for a dynamic configuration).
+    Errors are ORT's (the caller reports them)."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
 
     model = onnx.load(str(pre_path))
     extra = {"MatMulConstBOnly": True} if config.matmul_const_b_only else {}
+    if config.format == "dynamic":
+        quantize_dynamic(str(pre_path), str(out), op_types_to_quantize=list(config.op_types or []) or None,
+                         per_channel=config.per_channel, reduce_range=config.reduce_range,
+                         weight_type=getattr(QuantType, config.weights),
+                         nodes_to_exclude=excluded_nodes(model, config.exclude) or None, extra_options=extra)
+        return
     quantize_static(
         str(pre_path), str(out), None,
         quant_format=getattr(QuantFormat, config.format), per_channel=config.per_channel,

@@ -75,13 +75,16 @@ def int8_key(onnx_path: Path, calibration_key: dict, config: Int8Config = OLD_RE
 def int8_model(onnx_path: Path, calibration: Callable[[], list[Arrays]], calibration_key: dict,
                config: Int8Config = OLD_RECIPE) -> Path:
     """The int8 model of `onnx_path` made with `config` (default: QDQ s8/s8 per-channel), its
-    activation ranges calibrated on `calibration()` batches. QDQ configurations give a model
-    every int8-capable backend reads; QOperator ones run on ONNX Runtime only."""
+    activation ranges calibrated on `calibration()` batches (a dynamic configuration needs
+    none). QDQ configurations give a model every int8-capable backend reads; QOperator and
+    dynamic ones run on ONNX Runtime only."""
     def make(out: Path) -> None:
-        ranges = calibration_ranges(onnx_path, calibration, calibration_key, config.calibration)
+        ranges = (None if config.calibration == "none"
+                  else calibration_ranges(onnx_path, calibration, calibration_key, config.calibration))
         make_int8(config, pre_processed(onnx_path), out, ranges)
 
-    return _cached("int8", int8_key(onnx_path, calibration_key, config), make)
+    key = int8_key(onnx_path, calibration_key if config.calibration != "none" else None, config)
+    return _cached("int8", key, make)
 
 
 def fp16_model(onnx_path: Path) -> Path:
