@@ -88,6 +88,8 @@ def select(fp32_ms: float | None, measured: Sequence[Measured]) -> Choice:
                f"({best.p50_ms:.3g} ms p50"
                + (f" vs fp32 {fp32_ms:.3g} ms" if fp32_ms is not None else "") + ")"
                + (f"; slower: {', '.join(slower)}" if slower else "")
+               + (" (the task metric is checked fastest first: slower ones passed on fidelity)"
+                  if any(not m.task_checked for m in passing) else "")
                + _listed("failing the gate", [m.name for m in measured if not m.passed and m.error is None])
                + _listed("not run", [m.name for m in measured if m.error is not None]))
         old = next((m for m in ran if m.name == OLD_RECIPE.name), None)
