@@ -82,7 +82,7 @@ class CompileSpec:
     reference_outputs: Arrays | None = None  # what the null backend hands back
     calibration: Callable[[], list[Arrays]] | None = None  # batches for static quantization
     calibration_key: Mapping[str, Any] | None = None  # what those batches are (for caches)
-    # the cell's accuracy gates (chipbench.int8_search.AccuracyGate), for choosing among int8
+    # the cell's accuracy gates (chipbench.int8_gate.AccuracyGate), for choosing among int8
     # configurations the fastest that passes them; None outside a cell
     accuracy_gate: Any = None
 

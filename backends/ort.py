@@ -63,7 +63,7 @@ class OrtCpu:
             compile_s=compile_s,
             artifact_bytes=model_path.stat().st_size,
             target="cpu",
-            pipeline="ORT_ENABLE_ALL" + (f", int8 static quantization ({quantization['executed']})" if quantization
+            pipeline="ORT_ENABLE_ALL" + (f", int8 quantization ({quantization['executed']})" if quantization
                                          else ", fp16 weights" if converts(spec, source) and spec.precision == "fp16"
                                          else ""),
             quantization=quantization,
