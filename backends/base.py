@@ -82,6 +82,9 @@ class CompileSpec:
     reference_outputs: Arrays | None = None  # what the null backend hands back
     calibration: Callable[[], list[Arrays]] | None = None  # batches for static quantization
     calibration_key: Mapping[str, Any] | None = None  # what those batches are (for caches)
+    # the cell's accuracy gates (chipbench.int8_gate.AccuracyGate), for choosing among int8
+    # configurations the fastest that passes them; None outside a cell
+    accuracy_gate: Any = None
 
 
 @dataclass
@@ -114,6 +117,7 @@ class Compiled:
     profile: Callable[[Arrays, int], Any] | None = None
     export: Callable[[Path], dict[str, Any]] | None = None
     canned: bool = False  # returns fixed outputs whatever the input (the null backend): timed responses are not checked
+    quantization: dict[str, Any] | None = None  # the int8 configuration that runs and why (chipbench.int8_search)
 
 
 @runtime_checkable

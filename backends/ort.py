@@ -7,8 +7,8 @@ import time
 
 from pathlib import Path
 
-from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
-                                     converts, register, require_precision)
+from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, converts, register,
+                                     require_precision)
 from chipbench.backends.ort_runtime import session_options
 from chipbench.errors import one_line
 from chipbench.machine import usable_cores
@@ -35,7 +35,7 @@ class OrtCpu:
 
         require_precision(self, spec, source)
         start = time.perf_counter()
-        model_path = _model_for(source, spec)
+        model_path, quantization = _model_for(source, spec)
         convert_s = time.perf_counter() - start
         threads = spec.threads or usable_cores()
         opts = session_options(threads)
@@ -63,8 +63,10 @@ class OrtCpu:
             compile_s=compile_s,
             artifact_bytes=model_path.stat().st_size,
             target="cpu",
-            pipeline="ORT_ENABLE_ALL" + ({"int8": ", QDQ int8 static quantization", "fp16": ", fp16 weights"}
-                                         .get(spec.precision, "") if converts(spec, source) else ""),
+            pipeline="ORT_ENABLE_ALL" + (f", int8 quantization ({quantization['executed']})" if quantization
+                                         else ", fp16 weights" if converts(spec, source) and spec.precision == "fp16"
+                                         else ""),
+            quantization=quantization,
             # read back from the session: the intra-op threads it actually runs with
             details={"threads": session.get_session_options().intra_op_num_threads or threads,
                      "providers": session.get_providers()},
@@ -72,19 +74,22 @@ class OrtCpu:
         )
 
 
-def _model_for(source: ModelSource, spec: CompileSpec) -> Path:
-    """The ONNX file to run at the spec's precision (converted variants are cached)."""
+def _model_for(source: ModelSource, spec: CompileSpec) -> tuple[Path, dict | None]:
+    """The ONNX file to run at the spec's precision (converted variants are cached) and, for
+    int8, the record's `quantization` field: the fastest configuration passing the cell's
+    accuracy gate on this machine, QDQ or QOperator (chipbench.int8_search)."""
     from chipbench import quantize
 
     onnx_path = source.onnx_path
     if not converts(spec, source):
-        return onnx_path
+        return onnx_path, None
     if spec.precision == "int8":
-        batches, key = calibration_of(spec)
-        return quantize.int8_model(onnx_path, batches, dict(key))
+        from chipbench.int8_search import int8_for
+
+        return int8_for(onnx_path, spec, "ort-cpu", qdq_only=False)
     if spec.precision == "fp16":
-        return quantize.fp16_model(onnx_path)
-    return onnx_path
+        return quantize.fp16_model(onnx_path), None
+    return onnx_path, None
 
 
 def export_model(model_path: Path, folder: Path, threads: int | None) -> dict:

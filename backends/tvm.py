@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, calibration_of,
+from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported,
                                      converts, register, require_precision)
 from chipbench.backends import tvm_build_cache as build_cache
 from chipbench.backends.tvm_build_cache import BuildCacheEntry
@@ -173,9 +173,6 @@ def build(mod: Any, target: Any, database_dir: Path | None = None,
     return exe, "relax-fused + metaschedule-db" + (" + weight prepack" if weight_prepack else "")
 
 
-INT8_NOTE = ", ORT QDQ int8 model (Q/DQ lowered literally: fp32 compute)"
-
-
 def built_library(mod: Any, onnx_path: Path, target: Any, database: Path | None,
                   weight_prepack: bool) -> tuple[Any, str, BuildCacheEntry | None]:
     """(what a VM runs, pipeline, cache entry): the library built earlier from exactly these
@@ -255,11 +252,11 @@ class TvmLlvm:
         start = time.perf_counter()
         onnx_path = source.onnx_path
         quantize = converts(spec, source) and spec.precision == "int8"
-        if quantize:
-            from chipbench.quantize import int8_model
+        quantization = None
+        if quantize:  # the best QDQ configuration of the int8 search (ORT's, not TVM's, timing)
+            from chipbench.int8_search import int8_for
 
-            batches, key = calibration_of(spec)
-            onnx_path = int8_model(onnx_path, batches, dict(key))
+            onnx_path, quantization = int8_for(onnx_path, spec, self.name, qdq_only=True)
         mod, weights = import_onnx(onnx_path)
         # Plain tvm-llvm is untuned whatever --tuning-db says; tvm-llvm-tuned hands its database here.
         database = spec.options.get("metaschedule_db")
@@ -274,16 +271,19 @@ class TvmLlvm:
                 exe = build(mod, target, database, prepack)[0]
             return exe
 
+        int8_note = f", ORT QDQ int8 model {quantization['executed']} (Q/DQ lowered literally: fp32 compute)" \
+            if quantize else ""
         if remote is not None:
             exe, pipeline = build(mod, target, database, prepack)
-            return remote.compiled(exe, weights, source.input_names, source.output_names,
-                                   compile_s=time.perf_counter() - start, target=str(target),
-                                   pipeline=pipeline + (INT8_NOTE if quantize else ""), tuning_db=None)
+            compiled = remote.compiled(exe, weights, source.input_names, source.output_names,
+                                       compile_s=time.perf_counter() - start, target=str(target),
+                                       pipeline=pipeline + int8_note, tuning_db=None)
+            compiled.quantization = quantization
+            return compiled
         library, pipeline, cached = built_library(mod, onnx_path, target, database, prepack)
         if cached is None:  # the cache is off: the library is the executable itself
             exe = library
-        if quantize:
-            pipeline += INT8_NOTE
+        pipeline += int8_note
         device = tvm.cpu()
         _vm, main, params = load(library, weights, device)
         compile_s = time.perf_counter() - start  # weight prepacking included, as in a session's start
@@ -315,4 +315,5 @@ class TvmLlvm:
             details={"library_bytes": lib_bytes, "param_bytes": param_bytes, "threads": threads,
                      "build_cache": cached.to_dict() if cached else None},
             export=lambda folder: export_relax(executable(), weights, folder, device_kind="cpu"),
+            quantization=quantization,
         )

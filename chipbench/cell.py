@@ -22,6 +22,7 @@ from chipbench.backends.base import Arrays, Compiled, CompileSpec, Unsupported, 
 from chipbench.byo import ModelError, prepare_model
 from chipbench.device import Device, DeviceError, default_device, supported_kinds
 from chipbench.errors import one_line
+from chipbench.int8_gate import accuracy_gate_for
 from chipbench.machine import git_commit, library_versions, machine_info
 from chipbench.paths import atomic_write_text
 from chipbench.prepare import Prepared, prepare_workload, sha256_file
@@ -163,6 +164,7 @@ def compile_spec(cell: Cell, prep: Preparation, device: Device) -> CompileSpec:
         example_inputs=prep.prepared.inputs, reference_outputs=prep.prepared.reference,
         calibration=prep.calibration[0] if prep.calibration else None,
         calibration_key=prep.calibration[1] if prep.calibration else None,
+        accuracy_gate=accuracy_gate_for(prep, cell.task_samples),
     )
 
 
@@ -251,6 +253,8 @@ def execute(cell: Cell) -> RunRecord:
                            coverage=coverage(ops, "failed") if ops else None)
     if compiled.details.get("tuning"):  # tuned here or transferred, from which database
         ran["tuning"] = compiled.details.pop("tuning")
+    if compiled.quantization:  # which int8 configuration runs, and why (chipbench.int8_search)
+        ran["quantization"] = compiled.quantization
     backend_info.update(target=compiled.target, pipeline=compiled.pipeline,
                         tuning_db=compiled.tuning_db, details=compiled.details)
     compile_info = {"seconds": compiled.compile_s, "artifact_bytes": compiled.artifact_bytes}

@@ -44,6 +44,7 @@ class RunRecord:
     resources: Resources | None = None  # memory, CPU use, cold start, threads, affinity (chipbench.resources)
     validity: list[dict[str, Any]] | None = None  # named rules behind the verdict (chipbench.validity)
     tuning: dict[str, Any] | None = None  # how a tuned backend's schedules were obtained (tvm_tuned.tuning_provenance)
+    quantization: dict[str, Any] | None = None  # the int8 configuration that ran and why (chipbench.int8_search)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
     schema_version: int = SCHEMA_VERSION
     config_hash: str = ""

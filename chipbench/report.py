@@ -375,6 +375,7 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
         resource_cells=resource_cells,
         counts=Counter(r.status for r in records),
         generation=_generation(records),
+        int8_findings=_int8_findings(records),
     )
 
 
@@ -383,6 +384,12 @@ def _generation(records: list[RunRecord]) -> dict:
 
     rows = generation_rows(records)
     return {"rows": rows, "lengths": prompt_lengths(rows)}
+
+
+def _int8_findings(records: list[RunRecord]) -> list:
+    from chipbench.report_int8 import int8_findings
+
+    return int8_findings([r for r in records if not is_kernel(r)])
 
 
 def write_reports(records: list[RunRecord], md_path: Path | None, html_path: Path | None,

@@ -1,0 +1,65 @@
+"""The report's int8 findings: which configuration each int8 cell ran, and where int8 loses, why.
+
+Read from the records' `quantization` field (chipbench.int8_search). int8 is reported as a
+loss only when the configuration a deployer would choose (the fastest passing the accuracy gate)
+is still slower than fp32 on the same backend, scenario and device, measured by the cells
+themselves (their p50s), not by the search's quick timing; or when no configuration passes the
+gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chipbench.record import RunRecord
+
+
+@dataclass(frozen=True)
+class Int8Finding:
+    """One int8 cell as the report states it: the configuration that ran, how many were
+    measured, int8's measured speed-up over fp32 (fp32 p50 / int8 p50; None without an fp32
+    cell), and one sentence: why it was chosen, or why int8 loses here."""
+
+    workload: str
+    backend: str
+    executed: str
+    candidates: int
+    speedup: float | None
+    loses: bool
+    text: str
+
+
+def int8_findings(records: list[RunRecord]) -> list[Int8Finding]:
+    """A finding per measured int8 cell that carries a `quantization` field, by workload then
+    backend (the newest record of each cell is the caller's to pick)."""
+    fp32 = {_key(r): r for r in records if r.precision == "fp32" and r.status == "ok" and r.latency}
+    out = []
+    for r in records:
+        q = getattr(r, "quantization", None)
+        if r.precision != "int8" or r.status != "ok" or not q or not r.latency:
+            continue
+        base = fp32.get(_key(r))
+        speedup = base.latency.median / r.latency.median if base else None
+        alternatives = q.get("alternatives") or []
+        if alternatives and not q.get("passed_gate"):
+            loses, text = True, (q["why"] + _first_failure(alternatives, q.get("executed"))
+                                 + (f"; and slower than fp32: {q['loss_reason']}"
+                                    if speedup is not None and speedup < 1 and q.get("loss_reason") else ""))
+        elif speedup is not None and speedup < 1:
+            reason = q.get("loss_reason") or ("the search's own timing had it faster than fp32, so the gap "
+                                              "is within this machine's noise")
+            loses, text = True, f"int8 loses to fp32 with the fastest passing configuration; {reason}"
+        else:
+            loses, text = False, q["why"]
+        out.append(Int8Finding(r.workload["name"], r.backend["name"], q.get("executed") or "–",
+                               len(alternatives), speedup, loses, text))
+    return sorted(out, key=lambda f: (f.workload, f.backend))
+
+
+def _key(r: RunRecord) -> tuple:
+    return (r.workload["name"], r.backend["name"], r.scenario["name"], r.device_id, r.batch)
+
+
+def _first_failure(alternatives: list[dict], name: str | None) -> str:
+    mine = next((a for a in alternatives if a.get("name") == name), None)
+    return f" ({mine['gate_failure']})" if mine and mine.get("gate_failure") else ""
