@@ -573,6 +573,9 @@ _register_compare(app)
 from chipbench.cli_loadgen import register as _register_loadgen, scenario_flags  # noqa: E402
 
 _register_loadgen(app)
+from chipbench.cli_conformance import register as _register_conformance  # noqa: E402  (conformance)
+
+_register_conformance(app)
 
 if __name__ == "__main__":
     main()
