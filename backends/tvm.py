@@ -253,13 +253,15 @@ class TvmLlvm:
                                  threads=threads, tuned=database is not None,
                                  weight_prepack=bool(spec.options.get("weight_prepack")))
 
-        lib_bytes = library_bytes(exe)
+        # exporting the library to weigh it links a shared object (about half a small model's
+        # build): skipped when the caller asks for no artifact size (correctness-only runs)
+        lib_bytes = library_bytes(exe) if spec.options.get("artifact_bytes", True) else None
         param_bytes = weight_bytes(weights)
         return Compiled(
             run=run,
             profile=profile,
             compile_s=compile_s,
-            artifact_bytes=lib_bytes + param_bytes,
+            artifact_bytes=lib_bytes + param_bytes if lib_bytes is not None else None,
             target=str(target),
             pipeline=pipeline,
             tuning_db=None,  # tvm-llvm-tuned names the database it applied

@@ -27,6 +27,7 @@ def conformance(
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N selected cases.")] = None,
     sample: Annotated[Optional[int], typer.Option("--sample", min=1, help="A seeded random sample of N selected cases.")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of --sample.")] = 0,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Workers per backend (default: the usable cores), each running cases in sequence with one thread.")] = None,
 ) -> None:
     """Run ONNX's backend test cases (generated from the installed onnx, cached per version) on
     each backend for correctness only, with each case's own rtol/atol, and store the results
@@ -85,8 +86,10 @@ def conformance(
         if done[b] % 100 == 0 or done[b] == len(cases):
             err.print(f"  {b}: {done[b]}/{len(cases)}")
 
-    results, info = run_cases(cases, runnable, timeout_s, progress)
-    selection = {"ops": _split(ops), "limit": limit, "sample": sample, "seed": seed}
+    from chipbench.machine import usable_cores
+
+    results, info = run_cases(cases, runnable, timeout_s, progress, jobs or usable_cores())
+    selection = {"ops": _split(ops), "limit": limit, "sample": sample, "seed": seed, "jobs": jobs}
     doc = document.make_document(cases, results, info, suite, selection)
     path = document.store(results_dir, doc)
     board = scoreboard.build([doc])

@@ -83,7 +83,7 @@ class CaseRunner:
         output_names = [o.name for o in model.graph.output]
         precision = graph_precision(model)
         source = ModelSource(case.name, case.model_path, tuple(input_names), tuple(output_names), precision=precision)
-        spec = CompileSpec(precision=precision, threads=1)
+        spec = CompileSpec(precision=precision, threads=1, options={"artifact_bytes": False})
         hits = self.hits
         compiled, _built, note, error = self.compile(model_bytes, source, spec, case.opset)
         result["cached"], result["converted"] = self.hits > hits, note
