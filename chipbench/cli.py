@@ -274,7 +274,7 @@ def _write_report(store, md: Path | None, html: Path | None) -> None:
         fail(str(exc))
     for problem in store.unreadable:
         err.print(f"warning: skipped unreadable {problem}")
-    if not records:
+    if not records and not (store.root / "conformance").is_dir():
         fail(f"no results in {store.root}/ (run `chipbench run` first)")
     try:
         written = write_reports(records, md, html, store.root)

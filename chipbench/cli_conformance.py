@@ -81,7 +81,7 @@ def conformance(
     def progress(result: dict) -> None:
         b = result["backend"]
         done[b] = done.get(b, 0) + 1
-        if result["outcome"] in ("CRASHED", "TIMED OUT"):
+        if result["outcome"] == "TIMED OUT" or (result["detail"] or "").startswith("worker "):
             err.print(f"  {b} {result['case']}: {result['outcome']} ({result['detail']})", markup=False)
         if done[b] % 100 == 0 or done[b] == len(cases):
             err.print(f"  {b}: {done[b]}/{len(cases)}")

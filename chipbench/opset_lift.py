@@ -49,7 +49,18 @@ def convert(source: ModelSource, target: int) -> ModelSource:
     from onnx import version_converter
 
     model = onnx.load(str(source.onnx_path))
+    # The converter resolves every node input among the graph's inputs: weights that are only
+    # initializers (IR 4 on) are listed as inputs for it, and taken off again afterwards.
+    listed = {i.name for i in model.graph.input}
+    weights = [t for t in model.graph.initializer if t.name not in listed]
+    model.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in weights)
     converted = version_converter.convert_version(model, target)
+    added = {t.name for t in weights}
+    kept = [i for i in converted.graph.input if i.name not in added]
+    del converted.graph.input[:]
+    converted.graph.input.extend(kept)
+    if weights:
+        converted.ir_version = max(converted.ir_version, 4)  # initializers need not be inputs from IR 4 on
     data = converted.SerializeToString()
     digest = hashlib.sha256(data).hexdigest()
     path = cache_dir("onnx-lifted", digest[:24]) / "model.onnx"

@@ -11,8 +11,10 @@ Two suites:
 
 Tolerances are each case's own (`TestCase.rtol`/`atol`; `data.json` for the converted ones),
 as ONNX's runner (`onnx.backend.test.runner.Runner.assert_similar_outputs`) applies them.
-A case whose graph takes or returns anything but tensors (sequences, maps, optionals) is kept
-with a `skip` reason: the Backend contract exchanges numpy tensors only.
+A case whose graph takes or returns anything but tensors (sequences, maps, optionals), or
+tensors of an element type numpy cannot exchange with every backend (bfloat16, float8, int4,
+strings: `chipbench.modelfile.NUMPY_DTYPES`, as for `chipbench run --model`), is kept with a
+`skip` reason: the Backend contract exchanges numpy tensors only.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from chipbench.paths import atomic_write_text, cache_dir
 SUITES = ("node", "converted", "all")
 CONVERTED_KINDS = ("pytorch-converted", "pytorch-operator", "simple")
 _INDEX = "index.json"
-_FORMAT = 1  # bump when the cached layout changes
+_FORMAT = 2  # bump when the cached layout changes
 
 
 class CaseError(ValueError):
@@ -213,13 +215,16 @@ def _opset(model: Any) -> int:
 
 def _non_tensor(model: Any) -> str | None:
     """Why the harness cannot exchange this graph's values (a non-tensor input or output), or None."""
-    from chipbench.modelfile import graph_inputs, type_text
+    from chipbench.modelfile import NUMPY_DTYPES, graph_inputs, type_text
 
     for role, values in (("input", graph_inputs(model)), ("output", model.graph.output)):
         for value in values:
             if value.type.WhichOneof("value") != "tensor_type":
                 return (f"{role} '{value.name}' is {type_text(value.type)}: the Backend contract exchanges "
                         f"tensors only")
+            if value.type.tensor_type.elem_type not in NUMPY_DTYPES:
+                return (f"{role} '{value.name}' is {type_text(value.type)}, which numpy cannot exchange with "
+                        f"every backend (chipbench.modelfile.NUMPY_DTYPES)")
     return None
 
 
