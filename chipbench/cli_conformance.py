@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
 def conformance(
     backend: Annotated[Optional[list[str]], typer.Option("-b", "--backend", help=f"ONNX backends, comma-separated (default {DEFAULT_BACKENDS}).")] = None,
     ops: Annotated[Optional[list[str]], typer.Option("--ops", help="Only the cases of these ONNX operators, comma-separated (e.g. Conv,Resize).")] = None,
+    workload: Annotated[Optional[list[str]], typer.Option("-w", "--workload", help="Only the cases of the operators in these workloads' ONNX graphs (with --ops: both).")] = None,
     suite: Annotated[str, typer.Option("--suite", help="node (ONNX's operator tests), converted (its model tests with data) or all.")] = "node",
     results_dir: Annotated[Path, typer.Option("--results-dir", help="Where the conformance document is stored.")] = Path("results"),
     as_json: Annotated[bool, typer.Option("--json", help="Print this run's results and scoreboard as JSON on stdout.")] = False,
@@ -60,10 +61,15 @@ def conformance(
         ResultsStore(results_dir).check_writable()
     except StoreError as exc:
         fail(str(exc))
+    wanted = _split(ops)
     try:
-        cases = select(load_cases(suite), _split(ops), limit=limit, sample=sample, seed=seed)
+        every = load_cases(suite)
+        select(every, wanted)  # an operator named by hand must be one ONNX tests
     except CaseError as exc:
         fail(str(exc))
+    if workload:
+        wanted += [op for op in workload_ops(_split(workload)) if op not in wanted]
+    cases = select(every, wanted, limit=limit, sample=sample, seed=seed, ignore_unknown=True)
     runnable = []
     for name in dict.fromkeys(names):
         ok, why = get_backend(name).available()
@@ -83,13 +89,13 @@ def conformance(
         done[b] = done.get(b, 0) + 1
         if result["outcome"] == "TIMED OUT" or (result["detail"] or "").startswith("worker "):
             err.print(f"  {b} {result['case']}: {result['outcome']} ({result['detail']})", markup=False)
-        if done[b] % 100 == 0 or done[b] == len(cases):
+        if done[b] % 50 == 0 or done[b] == len(cases):
             err.print(f"  {b}: {done[b]}/{len(cases)}")
 
     from chipbench.machine import usable_cores
 
     results, info = run_cases(cases, runnable, timeout_s, progress, jobs or usable_cores())
-    selection = {"ops": _split(ops), "limit": limit, "sample": sample, "seed": seed, "jobs": jobs}
+    selection = {"ops": wanted, "workloads": _split(workload), "limit": limit, "sample": sample, "seed": seed, "jobs": jobs}
     doc = document.make_document(cases, results, info, suite, selection)
     path = document.store(results_dir, doc)
     board = scoreboard.build([doc])
@@ -104,3 +110,24 @@ def conformance(
     if as_json:
         json.dump({"document": doc, "scoreboard": board.to_dict()}, sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
+
+
+def workload_ops(names: list[str]) -> list[str]:
+    """The ONNX operators of these workloads' graphs (exported at batch 1, cached as `chipbench
+    run` caches them); exits 2 naming an unknown workload."""
+    from chipbench.cli import fail
+    from chipbench.prepare import export_onnx
+    from chipbench.workloads.base import get_workload, workload_names
+
+    known = workload_names()
+    ops: list[str] = []
+    for name in names:
+        if name not in known:
+            fail(f"-w {name}: unknown workload (known: {', '.join(known)})")
+    for name in names:
+        from chipbench.cell import onnx_ops
+
+        for op in onnx_ops(export_onnx(get_workload(name), 1)):
+            if op not in ops:
+                ops.append(op)
+    return ops
