@@ -170,3 +170,16 @@ def test_cli_stores_a_document_and_the_report_shows_the_scoreboard(tmp_path):
     html = (results / "report.html").read_text()
     assert 'id="conformance-op-Relu"' in html and "WRONG" in html
     assert "ONNX conformance" in (results / "report.md").read_text()
+
+
+def test_run_model_lifts_an_opset_6_model_and_says_so(tmp_path):
+    bn_opset6_case(tmp_path / "bn6")
+    data = tmp_path / "bn6" / "test_data_set_0"
+    results = tmp_path / "results"
+    proc = cli("run", "--model", tmp_path / "bn6" / "model.onnx", "--input-data", data, "--expected", data,
+               "-b", "ort-cpu", "--min-count", "5", "--min-duration", "0.05", "--results-dir", results, "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    (record,) = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+    assert record["status"] == "ok", record["reason"]
+    assert any(n.startswith("converted from opset 6 to ") for n in record["notes"])
+    assert not record["accuracy"]["failures"]
