@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -102,7 +103,7 @@ def conformance(
     for b in runnable:
         rate = board.overall.get(cases[0].suite, {}).get(b) if suite != "all" else None
         counts = ", ".join(f"{n} {o}" for o, n in sorted(
-            sum((r.outcomes for r in (s.get(b) for s in board.overall.values()) if r), scoreboard.Counter()).items()))
+            sum((r.outcomes for r in (s.get(b) for s in board.overall.values()) if r), Counter()).items()))
         cost = info.get(b, {})
         err.print(f"{b}: {rate.text() + ' pass; ' if rate else ''}{counts} "
                   f"({cost.get('seconds')} s, {cost.get('per_case_s')} s a case)")

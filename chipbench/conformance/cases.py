@@ -76,6 +76,7 @@ class Case:
 
 
 def onnx_version() -> str:
+    """The installed onnx's version: the node suite's cache is kept per version."""
     import onnx
 
     return onnx.__version__

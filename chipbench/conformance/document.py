@@ -62,6 +62,7 @@ def make_document(cases: list, results: list[dict], backends: dict[str, dict], s
 
 @functools.cache
 def schema() -> dict[str, Any]:
+    """The JSON schema of a conformance document (chipbench/schema/conformance.schema.json)."""
     return json.loads(resources.files("chipbench").joinpath("schema/conformance.schema.json").read_text())
 
 

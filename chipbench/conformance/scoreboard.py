@@ -12,7 +12,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from chipbench.conformance import OUTCOMES
 
 # Opset ranges by ONNX release era: 1-6 legacy (pre ONNX 1.2), 7-12 (1.2-1.7), 13-17 (1.8-1.12),
 # 18-21 (1.13-1.16), 22+ (1.17 on); from the ONNX versioning table (docs/Versioning.md).
@@ -20,6 +19,7 @@ OPSET_RANGES = ((1, 6), (7, 12), (13, 17), (18, 21), (22, 10_000))
 
 
 def range_label(lo: int, hi: int) -> str:
+    """"13-17", or "22+" for the open-ended last range."""
     return f"{lo}+" if hi >= 10_000 else f"{lo}-{hi}"
 
 
@@ -150,6 +150,3 @@ def build(documents: list[dict[str, Any]]) -> Scoreboard | None:
         problems={k: dict(v) for k, v in problems.items()}, models=dict(sorted(models.items())),
         disagreements=disagreements, costs=costs)
 
-
-def outcome_order() -> tuple[str, ...]:
-    return OUTCOMES
