@@ -9,8 +9,12 @@ SUITE  ?= suites/default.toml
 PROFILE_WORKLOADS ?= vibration-cnn1d,sensor-transformer
 PROJECT_WORKLOAD  ?= edge-inspect
 PROBE_FLAGS ?=
+# ONNX conformance: the quick slice `make run` ends with (the operators of these workloads' graphs,
+# exported by the suite by then) and the backends `make conformance` scores on the full suites
+CONFORMANCE_WORKLOADS ?= defect-cnn,vibration-cnn1d,sensor-transformer,edge-inspect,rul-gru,rul-tcn,sensor-ae
+CONFORMANCE_BACKENDS  ?= ort-cpu,tvm-llvm
 
-.PHONY: install run report probe test test-slow bench bench-kernels runtime-kit gpu-bundles gpu-check clean ship-weights
+.PHONY: install run report probe conformance test test-slow bench bench-kernels runtime-kit gpu-bundles gpu-check clean ship-weights
 
 install: $(STAMP)
 
@@ -28,6 +32,12 @@ run: $(STAMP)
 	$(BIN)/chipbench profile -w $(PROFILE_WORKLOADS) -b ort-cpu,tvm-llvm --results-dir $(RESULTS) > /dev/null
 	$(BIN)/chipbench project --hw edge-npu -w $(PROJECT_WORKLOAD) --precision int8 --results-dir $(RESULTS) > /dev/null
 	$(BIN)/chipbench run --suite $(SUITE) --results-dir $(RESULTS)
+	$(BIN)/chipbench conformance -w $(CONFORMANCE_WORKLOADS) -b $(CONFORMANCE_BACKENDS) --results-dir $(RESULTS) && $(BIN)/chipbench report --results-dir $(RESULTS)
+
+# ONNX's own backend tests (node and converted-model suites) on each ONNX backend, then the report
+conformance: $(STAMP)
+	$(BIN)/chipbench conformance --suite all -b $(CONFORMANCE_BACKENDS) --results-dir $(RESULTS)
+	$(BIN)/chipbench report --results-dir $(RESULTS)
 
 # Copy this machine's trained weights of the small workloads into results/weights/ (shipped).
 ship-weights: $(STAMP)

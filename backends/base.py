@@ -74,7 +74,8 @@ class CompileSpec:
     device: Device = field(default_factory=Device)
     target: str | None = None  # overrides the target derived from `device`
     # backend-specific options; one all may read: "dynamic_shapes": True, the inputs' sizes vary
-    # between calls (the generation scenario's prompt and past lengths)
+    # between calls (the generation scenario's prompt and past lengths); "artifact_bytes": False,
+    # the caller needs no artifact size (a backend may skip what weighing it costs)
     options: Mapping[str, Any] = field(default_factory=dict)
     tuning_db: Path | None = None  # MetaSchedule database directory
     threads: int | None = None

@@ -174,11 +174,15 @@ def build(mod: Any, target: Any, database_dir: Path | None = None,
 
 
 def built_library(mod: Any, onnx_path: Path, target: Any, database: Path | None,
-                  weight_prepack: bool) -> tuple[Any, str, BuildCacheEntry | None]:
+                  weight_prepack: bool, keep: bool = True) -> tuple[Any, str, BuildCacheEntry | None]:
     """(what a VM runs, pipeline, cache entry): the library built earlier from exactly these
     inputs (chipbench.backends.tvm_build_cache), else `build()`'s executable, exported into the
-    cache. The entry is None when the cache is off (then the first item is the executable)."""
+    cache. The entry is None when the cache is off or `keep` is False (then the first item is
+    the executable, nothing written)."""
     from chipbench import tuning
+
+    if not keep:
+        return (*build(mod, target, database, weight_prepack), None)
 
     key = build_cache.build_key(onnx_path, target, tuning.records_digest(database) if database else None,
                                 weight_prepack)
@@ -280,7 +284,8 @@ class TvmLlvm:
                                        pipeline=pipeline + int8_note, tuning_db=None)
             compiled.quantization = quantization
             return compiled
-        library, pipeline, cached = built_library(mod, onnx_path, target, database, prepack)
+        keep = spec.options.get("artifact_bytes", True)
+        library, pipeline, cached = built_library(mod, onnx_path, target, database, prepack, keep)
         if cached is None:  # the cache is off: the library is the executable itself
             exe = library
         pipeline += int8_note
@@ -302,13 +307,15 @@ class TvmLlvm:
             return profile_build(self.name, mod, executable(), weights, target, pipeline, inputs, names, runs=runs,
                                  threads=threads, tuned=database is not None, weight_prepack=prepack)
 
-        lib_bytes = cached.library_bytes if cached else library_bytes(exe)
+        # exporting the library to weigh it links a shared object (about half a small model's
+        # build): skipped, with the cache, when the caller asks for no artifact (correctness-only runs)
+        lib_bytes = cached.library_bytes if cached else (library_bytes(exe) if keep else None)
         param_bytes = weight_bytes(weights)
         return Compiled(
             run=run,
             profile=profile,
             compile_s=compile_s,
-            artifact_bytes=lib_bytes + param_bytes,
+            artifact_bytes=lib_bytes + param_bytes if lib_bytes is not None else None,
             target=str(target),
             pipeline=pipeline,
             tuning_db=None,  # tvm-llvm-tuned names the database it applied

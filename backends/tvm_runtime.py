@@ -158,6 +158,8 @@ def to_numpy(outs: Any) -> list[np.ndarray]:
     """A Relax VM's result (a tensor, or a tuple of them, nested) as host arrays in order."""
     if hasattr(outs, "numpy"):
         return [outs.numpy()]
+    if type(outs).__name__ in ("Shape", "ShapeTuple"):  # a shape value (ONNX Shape's output): int64, as ONNX says
+        return [np.array(list(outs), dtype=np.int64)]
     flat: list[np.ndarray] = []
     for o in outs:  # tuples of outputs come back as a runtime Array
         flat.extend(to_numpy(o))

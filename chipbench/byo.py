@@ -385,6 +385,23 @@ def ort_reference(path: Path, inputs: Arrays) -> Arrays:
     return dict(zip(names, session.run(names, inputs)))
 
 
+def _lifted_reference(static: Path, inputs: Arrays, model: Any, exc: Exception) -> tuple[Arrays | None, str]:
+    """ONNX Runtime's outputs on the model converted to a newer opset when its refusal may be
+    the opset's (chipbench.opset_lift), with the note saying so; (None, "") when not."""
+    from chipbench.backends.base import get_backend
+    from chipbench.opset_lift import convert, lift_target, model_opset
+
+    opset = model_opset(model)
+    target = lift_target(get_backend("ort-cpu"), opset, str(exc))
+    if target is None or target == opset:
+        return None, ""
+    try:
+        lifted = convert(ModelSource("reference", static, (), ()), target)
+        return ort_reference(lifted.onnx_path, inputs), f"converted from opset {opset} to {target}"
+    except Exception:
+        return None, ""
+
+
 def prepare_model(model_path: str, input_specs: list[str], expected: str | None, input_data: str | None,
                   batch: int | None, default_batch: int, seed: int, sha256: str | None = None):
     """Everything a cell needs for a foreign model; returns (Prepared, InputPlan, what the
@@ -406,12 +423,15 @@ def prepare_model(model_path: str, input_specs: list[str], expected: str | None,
         check_expected(path, model, reference, Path(expected))
         reference_from = f"expected outputs {Path(expected).name}"
     else:
+        reference_from = "onnxruntime CPU"
         try:
             reference = ort_reference(static, inputs)
-        except Exception as exc:  # the reference runtime refuses the model: say so, with its cause
-            raise ModelError(f"the reference (onnxruntime CPU) cannot run the model: {one_line(exc)}; "
-                             f"give --input-data and --expected instead") from None
-        reference_from = "onnxruntime CPU"
+        except Exception as exc:  # the reference runtime refuses the model: an old opset is lifted, else say so
+            reference, lifted = _lifted_reference(static, inputs, model, exc)
+            if reference is None:
+                raise ModelError(f"the reference (onnxruntime CPU) cannot run the model: {one_line(exc)}; "
+                                 f"give --input-data and --expected instead") from None
+            reference_from += f" on the model {lifted}"
     source = ModelSource(name=path.stem, onnx_path=static, input_names=tuple(plan.shapes),
                          output_names=tuple(output_names), build_torch=None, precision=graph_precision(model))
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)

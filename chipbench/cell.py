@@ -243,7 +243,13 @@ def execute(cell: Cell) -> RunRecord:
     log = ResourceLog(pin=cell.pin, threads_requested=cell.threads)
     try:
         start = time.perf_counter()
-        compiled = backend.compile(prepared.source, spec)
+        if cell.model:  # a foreign model of an opset the backend refuses: converted once, saying so
+            from chipbench.opset_lift import compile_lifting
+
+            compiled, _lifted, converted = compile_lifting(backend, prepared.source, spec, prepared.opset)
+            prep.notes.extend([converted] if converted else [])
+        else:
+            compiled = backend.compile(prepared.source, spec)
         log.load_s = time.perf_counter() - start
     except Unsupported as exc:
         return base_record(cell, "unsupported", str(exc), **ran,

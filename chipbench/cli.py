@@ -299,7 +299,7 @@ def _write_report(store, md: Path | None, html: Path | None) -> None:
         fail(str(exc))
     for problem in store.unreadable:
         err.print(f"warning: skipped unreadable {problem}")
-    if not records:
+    if not records and not (store.root / "conformance").is_dir():
         fail(f"no results in {store.root}/ (run `chipbench run` first)")
     try:
         written = write_reports(records, md, html, store.root)
@@ -599,6 +599,9 @@ _register_compare(app)
 from chipbench.cli_loadgen import register as _register_loadgen, scenario_flags  # noqa: E402
 
 _register_loadgen(app)
+from chipbench.cli_conformance import register as _register_conformance  # noqa: E402  (conformance)
+
+_register_conformance(app)
 
 if __name__ == "__main__":
     main()

@@ -344,7 +344,9 @@ def gather_extras(records: list[RunRecord], results_dir: Path | None, profiles: 
 
 
 def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
-           extras: Extras | None = None, images: dict[str, str] | None = None) -> str:
+           extras: Extras | None = None, images: dict[str, str] | None = None, conformance=None) -> str:
+    """The report as `fmt` ("md" or "html"); `conformance` is the scoreboard of the stored
+    conformance runs (chipbench.conformance.scoreboard.Scoreboard) or None."""
     env = Environment(
         loader=PackageLoader("chipbench", "templates"),
         # templates are named report.<fmt>.j2: escape by the format, not the last extension
@@ -376,6 +378,7 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
         counts=Counter(r.status for r in records),
         generation=_generation(records),
         int8_findings=_int8_findings(records),
+        conformance=conformance,
     )
 
 
@@ -398,15 +401,25 @@ def write_reports(records: list[RunRecord], md_path: Path | None, html_path: Pat
     profiles = [r for r in records if r.kind == "profile"]
     records = [r for r in records if r.kind != "profile"]
     extras = gather_extras(records, results_dir, profiles)
+    board = conformance_board(results_dir)
     written = []
     if md_path is not None:
         refs = {name: os.path.relpath(png, md_path.parent) for name, png in extras.images.items()}
-        written.append(_write(md_path, render(records, "md", extras=extras, images=refs)))
+        written.append(_write(md_path, render(records, "md", extras=extras, images=refs, conformance=board)))
     if html_path is not None:  # self-contained: the plots travel inside the page
         refs = {name: "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
                 for name, png in extras.images.items()}
-        written.append(_write(html_path, render(records, "html", extras=extras, images=refs)))
+        written.append(_write(html_path, render(records, "html", extras=extras, images=refs, conformance=board)))
     return written
+
+
+def conformance_board(results_dir: Path | None):
+    """The scoreboard of the conformance runs stored under `results_dir`, or None."""
+    if results_dir is None:
+        return None
+    from chipbench.conformance import document, scoreboard
+
+    return scoreboard.build(document.documents(results_dir))
 
 
 def _write(path: Path, text: str) -> Path:

@@ -158,6 +158,26 @@ class NativeSleepyBackend(NullBackend):
         return super().compile(source, spec)
 
 
+@register_backend("skewed-double")
+class SkewedBackend(NullBackend):
+    """ONNX Runtime's outputs with 1 % added to every floating-point value: a backend that runs
+    and computes the wrong values (a conformance WRONG)."""
+
+    description = "ONNX Runtime, floating-point outputs 1 % too large"
+
+    def compile(self, source, spec):
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(source.onnx_path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+
+        def run(inputs):
+            outs = dict(zip(names, session.run(names, inputs)))
+            return {k: v * v.dtype.type(1.01) if np.issubdtype(v.dtype, np.floating) else v for k, v in outs.items()}
+
+        return Compiled(run=run, compile_s=0.0, target="cpu", pipeline="skewed")
+
+
 def accurate(rec) -> bool:
     """Whether a measured record passed every accuracy rule of its verdict (chipbench.validity):
     what a test of numerics asserts when its run is too short to support a tail estimate."""
