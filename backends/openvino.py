@@ -1,7 +1,8 @@
 """OpenVINO on the CPU plugin: Intel's runtime for its CPUs, GPUs and NPUs (it runs on AMD CPUs too).
 
-It reads the same ONNX file as `ort-cpu`; int8 runs the same QDQ model `ort-cpu` runs (OpenVINO's
-low-precision transformations turn the Q/DQ pairs into int8 kernels); bf16 runs the fp32 graph
+It reads the same ONNX file as `ort-cpu`; int8 runs the best QDQ configuration of the int8
+search (the model `ort-cpu` runs when a QDQ one wins there too; OpenVINO's low-precision
+transformations turn the Q/DQ pairs into int8 kernels); bf16 runs the fp32 graph
 with the inference-precision hint set to bf16, only where the CPU plugin lists BF16 among its
 optimization capabilities (AMX or AVX512-BF16).
 
@@ -30,6 +31,7 @@ import importlib.metadata
 import importlib.util
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, converts, register,
@@ -78,7 +80,7 @@ class OpenVinoCpu:
         if performance not in PERFORMANCE_HINTS:
             raise Unsupported(f"openvino-cpu: performance hint {performance!r} (known: {', '.join(PERFORMANCE_HINTS)})")
         start = time.perf_counter()
-        model_path = _model_for(source, spec)
+        model_path, quantization = _model_for(source, spec)
         threads = spec.threads or usable_cores()
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": performance, "INFERENCE_NUM_THREADS": threads}
         try:
@@ -104,10 +106,10 @@ class OpenVinoCpu:
             return {name: results[port] for name, port in names}
 
         pipeline = f"ONNX frontend, CPU plugin, inference precision {executed}, {details['performance_hint']} hint"
-        if spec.precision == "int8" and converts(spec, source):
-            pipeline += ", QDQ int8 static quantization (the ort-cpu model)"
+        if quantization:
+            pipeline += f", QDQ int8 static quantization {quantization['executed']}"
         return Compiled(run=run, compile_s=compile_s, artifact_bytes=model_path.stat().st_size, target="cpu",
-                        pipeline=pipeline, details=details)
+                        pipeline=pipeline, details=details, quantization=quantization)
 
 
 def check_bf16(core: Any) -> None:
@@ -154,11 +156,12 @@ def output_names(compiled: Any, source: ModelSource) -> list[tuple[str, Any]]:
     return sorted(named, key=lambda item: order.get(item[0], len(order)))
 
 
-def _model_for(source: ModelSource, spec: CompileSpec):
-    """The ONNX file to read: the source's own, or for int8 the QDQ model `ort-cpu` runs (same
-    recipe, same calibration, same cache), so the two runtimes are compared on one model."""
+def _model_for(source: ModelSource, spec: CompileSpec) -> tuple[Path, dict | None]:
+    """The ONNX file to read and, for int8, the record's `quantization` field: the source's own
+    file, or for int8 the best QDQ configuration of the int8 search (chipbench.int8_search: the
+    model `ort-cpu` runs when a QDQ configuration wins there too; same calibration, same cache)."""
     if spec.precision == "int8" and converts(spec, source):
-        from chipbench.backends.ort import _model_for as ort_model
+        from chipbench.int8_search import int8_for
 
-        return ort_model(source, spec)
-    return source.onnx_path
+        return int8_for(source.onnx_path, spec, "openvino-cpu", qdq_only=True)
+    return source.onnx_path, None

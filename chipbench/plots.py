@@ -5,14 +5,15 @@ from pathlib import Path
 from typing import Any
 
 
-def figure(width: float, height: float) -> tuple[Any, Any]:
-    """A new (figure, axes) on the non-interactive backend."""
+def figure(width: float, height: float, rows: int = 1, cols: int = 1) -> tuple[Any, Any]:
+    """A new (figure, axes) on the non-interactive backend, `rows` × `cols` panels (inches)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height))
+    return plt.subplots(rows, cols, figsize=(width, height), squeeze=False) if rows * cols > 1 \
+        else plt.subplots(figsize=(width, height))
 
 
 def save(fig: Any, path: Path) -> list[Path]:

@@ -20,6 +20,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from chipbench.measures import Resources
 from chipbench.paths import atomic_write_text
 from chipbench.record import RunRecord
+from chipbench.report_summary import REFERENCE_STACK
 from chipbench.stats import LatencyStats
 from chipbench.tuning_curves import FAIR_RATIO
 
@@ -33,13 +34,14 @@ def md_escape(value: object) -> str:
 
 @dataclass
 class Table:
-    """One (device, scenario, precision): a row per workload, a column group per backend."""
+    """One (device, scenario, precision): a row per (workload, backend), the figures as columns
+    (so the table is as wide as its figures, however many backends ran)."""
 
     scenario: str
     precision: str
     batch_note: str
     backends: list[str]
-    rows: list[tuple[str, list[RunRecord | None]]] = field(default_factory=list)
+    rows: list[RunRecord] = field(default_factory=list)
     device: str = "cpu"  # RunRecord.device_label of every record in the table
 
 
@@ -126,7 +128,7 @@ def build_tables(records: list[RunRecord]) -> list[Table]:
         table.batch_note = "batch " + ", ".join(map(str, batches))
         for workload in dict.fromkeys(r.workload["name"] for r in group):
             by_backend = {r.backend["name"]: r for r in group if r.workload["name"] == workload}
-            table.rows.append((workload, [by_backend.get(b) for b in table.backends]))
+            table.rows += [by_backend[b] for b in table.backends if b in by_backend]
     return list(tables.values())
 
 
@@ -151,6 +153,17 @@ class PrecisionRow:
     rel_l2: float | None
     task: str
     verdict: str
+    task_metric: str | None = None
+    task_value: float | None = None
+
+    @property
+    def accuracy_label(self) -> str:
+        return self.task_metric or "rel L2 to FP32"
+
+    @property
+    def accuracy_value(self) -> float | None:
+        """The task metric where the workload has one, else the fidelity (rel L2) to FP32."""
+        return self.task_value if self.task_metric else self.rel_l2
 
 
 def precision_rows(records: list[RunRecord]) -> list[PrecisionRow]:
@@ -169,12 +182,27 @@ def precision_rows(records: list[RunRecord]) -> list[PrecisionRow]:
             if r is None:
                 continue
             p50 = r.latency.median if r.status == "ok" and r.latency else None
+            task = (r.accuracy.task if r.accuracy else None) or {}
             rows.append(PrecisionRow(
                 workload, backend, precision, p50,
                 base_p50 / p50 if base_p50 and p50 else None,
                 r.accuracy.fidelity.rel_l2 if r.accuracy else None,
-                task_summary(r), r.verdict or r.status.upper()))
+                task_summary(r), r.verdict or r.status.upper(), task.get("metric"), task.get("value")))
     return rows
+
+
+def speedup_text(row) -> str:
+    """A summary row's speed-up over the reference stack: "2.03× (2.01–2.04)", "1 (the
+    reference)", or why there is none."""
+    if row.best is None:
+        return "–"
+    if row.reference is None:
+        return "reference not VALID here"
+    s = row.speedup
+    if row.reference.id == row.best.id:
+        return "1 (it is the reference)"
+    interval = f" ({s.low:.2f}–{s.high:.2f})" if s.low is not None else " (no raw samples: no interval)"
+    return f"{s.estimate:.2f}×{interval}"
 
 
 def compile_summary(r: RunRecord) -> str:
@@ -274,6 +302,21 @@ def environment(records: list[RunRecord]) -> dict[str, str]:
     return env
 
 
+def environment_line(records: list[RunRecord]) -> str:
+    """The environment in one line, as the first screen shows it: CPU, cores, memory, OS and
+    the versions of the runtimes measured."""
+    if not records:
+        return ""
+    m = _most_common(r.provenance["machine"] for r in records)
+    libs = _most_common(r.provenance["libraries"] for r in records)
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(libs.items()) if k in RUNTIME_LIBRARIES)
+    gpus = f", {', '.join(m['gpus'])}" if m.get("gpus") else ""
+    return f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}{gpus}; {shown}"
+
+
+RUNTIME_LIBRARIES = ("onnxruntime", "openvino", "torch", "tvm", "onnx")
+
+
 def _most_common(dicts) -> dict:
     text = Counter(json.dumps(d, sort_keys=True) for d in dicts).most_common(1)[0][0]
     return json.loads(text)
@@ -290,6 +333,7 @@ class Extras:
     points: list = field(default_factory=list)  # (record, roofline Point)
     profiles: list[dict] = field(default_factory=list)
     projections: list[str] = field(default_factory=list)
+    summary: list = field(default_factory=list)  # report_summary.SummaryRow, the first screen
 
     def point_of(self, rec: RunRecord):
         return next((p for r, p in self.points if r.id == rec.id), None)
@@ -306,6 +350,7 @@ def gather_extras(records: list[RunRecord], results_dir: Path | None, profiles: 
     from chipbench.roofline import place, plot
 
     extras = Extras(tuning=tuning_curves.tuning_rows(records))
+    add_summary_and_plots(extras, [r for r in records if not is_kernel(r)], results_dir)
     if any(row.curve for row in extras.tuning):
         extras.images["tuning"] = tuning_curves.plot(extras.tuning, results_dir / "tuning-curves")[0]
     for path in sorted((results_dir / "projections").glob("*.md")):
@@ -343,6 +388,43 @@ def gather_extras(records: list[RunRecord], results_dir: Path | None, profiles: 
     return extras
 
 
+def add_summary_and_plots(extras: Extras, records: list[RunRecord], results_dir: Path) -> None:
+    """The first screen's rows (chipbench.report_summary) and the plots drawn from the raw
+    samples: latency distributions of the single-stream cells, speed against accuracy of the
+    precision sweep."""
+    from chipbench import report_plots
+    from chipbench.report_summary import summary_rows
+    from chipbench.store import ResultsStore, StoreError
+
+    store = ResultsStore(results_dir)
+
+    def samples_of(rec: RunRecord):
+        try:
+            return store.samples(rec)
+        except StoreError:
+            return None
+
+    extras.summary = summary_rows(records, samples_of)
+    curves: dict[str, list] = {}
+    for row in extras.summary:
+        for r in records:
+            if (r.workload["name"], r.device_label) == (row.workload, row.device) and r.status == "ok" \
+                    and r.scenario.get("name") == "single-stream" and r.batch == 1 and r.latency:
+                ms = samples_of(r)
+                if ms is not None:
+                    curves.setdefault(row.workload, []).append((f"{r.backend['name']} {r.precision}", ms * 1e3))
+    if curves:
+        extras.images["latency"] = report_plots.latency_distributions(curves, results_dir / "latency-distributions")[0]
+    sweep = {}
+    for p in precision_rows(records):
+        if p.p50 is not None and p.accuracy_value is not None:
+            sweep.setdefault(p.workload, (p.accuracy_label, []))[1].append((f"{p.backend} {p.precision}", p.p50,
+                                                                            p.accuracy_value))
+    sweep = {w: v for w, v in sweep.items() if len(v[1]) > 1}
+    if sweep:
+        extras.images["speed_accuracy"] = report_plots.speed_accuracy(sweep, results_dir / "speed-accuracy")[0]
+
+
 def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
            extras: Extras | None = None, images: dict[str, str] | None = None, conformance=None) -> str:
     """The report as `fmt` ("md" or "html"); `conformance` is the scoreboard of the stored
@@ -360,6 +442,8 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
         title=title,
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         tables=build_tables(records),
+        environment_line=environment_line(records),
+        speedup_text=speedup_text, reference_stack=" ".join(REFERENCE_STACK),
         summary=cell_summary,
         environment=environment(records),
         problems=[r for r in records if r.status != "ok" or r.verdict in ("INVALID", "NOISY")],

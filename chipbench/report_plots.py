@@ -24,7 +24,7 @@ def latency_distributions(curves: dict[str, list[Curve]], path: Path) -> list[Pa
     (`curves`: workload -> [(stack, latencies in ms)]), with p99 marked: how steady, not just how
     fast. Returns the PNG and SVG paths."""
     rows, cols = _grid(len(curves))
-    fig, axes = figure(4.2 * cols, 3.0 * rows)
+    fig, axes = figure(4.2 * cols, 3.0 * rows, rows, cols)
     axes = np.atleast_1d(axes).ravel()
     for ax, (workload, stacks) in zip(axes, curves.items()):
         for label, ms in stacks:
@@ -43,7 +43,7 @@ def speed_accuracy(points: dict[str, tuple[str, list[Point]]], path: Path) -> li
     -> (accuracy axis label, [(stack, median ms, accuracy)])): what each precision buys in speed
     and costs in accuracy. Returns the PNG and SVG paths."""
     rows, cols = _grid(len(points))
-    fig, axes = figure(4.2 * cols, 3.0 * rows)
+    fig, axes = figure(4.2 * cols, 3.0 * rows, rows, cols)
     axes = np.atleast_1d(axes).ravel()
     for ax, (workload, (metric, pts)) in zip(axes, points.items()):
         for label, ms, value in pts:

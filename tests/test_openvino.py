@@ -34,7 +34,7 @@ def test_fp32_computes_in_f32_within_the_gate():
     assert set(details["runtime_precisions"]) <= {"f32", "i32", "i64"}, details["runtime_precisions"]
     assert details["performance_hint"] == "LATENCY" and details["streams"] >= 1
     assert "inference precision f32" in rec.backend["pipeline"]
-    assert rec.resources["threads"]["backend"] == details["threads"] >= 1
+    assert rec.resources.threads["backend"] == details["threads"] >= 1
     assert rec.backend["versions"]["openvino"]
 
 
@@ -42,7 +42,7 @@ def test_fp32_computes_in_f32_within_the_gate():
 def test_threads_asked_are_threads_read_back():
     rec = run("vibration-cnn1d", VIBRATION, threads=1)
     assert rec.status == "ok", rec.reason
-    assert rec.backend["details"]["threads"] == 1 == rec.resources["threads"]["requested"]
+    assert rec.backend["details"]["threads"] == 1 == rec.resources.threads["requested"]
 
 
 @needs_openvino
