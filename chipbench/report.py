@@ -197,12 +197,13 @@ def speedup_text(row) -> str:
     if row.best is None:
         return "–"
     if row.reference is None:
-        return "reference not VALID here"
+        return "reference not measured VALID or NOISY here"
     s = row.speedup
     if row.reference.id == row.best.id:
         return "1 (it is the reference)"
     interval = f" ({s.low:.2f}–{s.high:.2f})" if s.low is not None else " (no raw samples: no interval)"
-    return f"{s.estimate:.2f}×{interval}"
+    noisy = " (reference NOISY)" if row.reference.verdict == "NOISY" else ""
+    return f"{s.estimate:.2f}×{interval}{noisy}"
 
 
 def compile_summary(r: RunRecord) -> str:
@@ -309,12 +310,14 @@ def environment_line(records: list[RunRecord]) -> str:
         return ""
     m = _most_common(r.provenance["machine"] for r in records)
     libs = _most_common(r.provenance["libraries"] for r in records)
+    for r in records:  # a backend's own runtime (e.g. openvino) is in its versions, not the libraries
+        libs.update({k: v for k, v in (r.backend.get("versions") or {}).items() if k not in libs})
     shown = ", ".join(f"{k} {v}" for k, v in sorted(libs.items()) if k in RUNTIME_LIBRARIES)
     gpus = f", {', '.join(m['gpus'])}" if m.get("gpus") else ""
     return f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}{gpus}; {shown}"
 
 
-RUNTIME_LIBRARIES = ("onnxruntime", "openvino", "torch", "tvm", "onnx")
+RUNTIME_LIBRARIES = ("onnxruntime", "openvino", "torch", "apache-tvm", "onnx")
 
 
 def _most_common(dicts) -> dict:

@@ -26,8 +26,8 @@ SUMMARY_SCENARIO = "single-stream"
 @dataclass(frozen=True)
 class SummaryRow:
     """One workload on the first screen. `best` is None when no record of it is VALID;
-    `speedup` is None when the reference stack did not run VALID beside it (or either record
-    kept no raw samples: then `speedup_point` alone, from the stored medians)."""
+    `speedup` is None when the reference stack was not measured VALID or NOISY beside it, and
+    has no interval when either record kept no raw samples (then the stored medians' ratio)."""
 
     workload: str
     device: str
@@ -67,7 +67,9 @@ def summary_rows(records: list[RunRecord], samples_of: Callable[[RunRecord], np.
     for (workload, device), recs in groups.items():
         valid = [r for r in recs if r.verdict == "VALID"]
         best = min(valid, key=lambda r: r.latency.median, default=None)
-        ref = next((r for r in valid if (r.backend["name"], r.precision) == reference), None)
+        # the reference may be NOISY (measured on a busy machine): the speed-up then says so
+        ref = next((r for r in recs if (r.backend["name"], r.precision) == reference
+                    and r.verdict in ("VALID", "NOISY")), None)
         rows.append(SummaryRow(workload, device, best, ref, _speedup(ref, best, samples_of),
                                len({(r.backend["name"], r.precision) for r in valid}),
                                len({(r.backend["name"], r.precision) for r in recs})))
