@@ -34,6 +34,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource, Unsupported, converts, register,
                                      require_precision)
 from chipbench.errors import one_line
@@ -100,9 +102,12 @@ class OpenVinoCpu:
         names = output_names(compiled, source)
 
         def run(inputs: Arrays) -> Arrays:
-            # inputs are read in place (the call is synchronous: they outlive it); outputs are
-            # copied out of the request's tensors, which the next call overwrites
-            results = request.infer(inputs, share_inputs=True, share_outputs=False)
+            # inputs are read in place (the call is synchronous: they outlive it), but OpenVINO
+            # wraps only writeable arrays (a read-only one, e.g. loaded from a file, is copied);
+            # outputs are copied out of the request's tensors, which the next call overwrites
+            shared = {k: v if getattr(v, "flags", None) is None or v.flags.writeable else np.array(v)
+                      for k, v in inputs.items()}
+            results = request.infer(shared, share_inputs=True, share_outputs=False)
             return {name: results[port] for name, port in names}
 
         pipeline = f"ONNX frontend, CPU plugin, inference precision {executed}, {details['performance_hint']} hint"

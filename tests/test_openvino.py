@@ -3,9 +3,10 @@ kernels, bf16 runs where the CPU plugin lists BF16 and is unsupported, saying wh
 
 import importlib.util
 
+import numpy as np
 import pytest
 
-from chipbench.backends.base import Unsupported, get_backend
+from chipbench.backends.base import CompileSpec, ModelSource, Unsupported, get_backend
 from chipbench.cell import execute
 from chipbench.scenarios import MeasureSettings
 from chipbench.suite import Cell
@@ -91,3 +92,15 @@ def test_without_the_wheel_it_is_skipped_with_its_reason(monkeypatch):
     assert not ok and "openvino is not installed" in why
     rec = run("vibration-cnn1d", VIBRATION)
     assert rec.status == "skipped" and "openvino is not installed" in rec.reason
+
+
+@needs_openvino
+def test_read_only_inputs_are_accepted(tmp_path):
+    from onnx_models import matmul_relu
+
+    compiled = get_backend("openvino-cpu").compile(
+        ModelSource("mm", matmul_relu(tmp_path / "mm.onnx", dynamic_batch=False), ("x",), ("y",)),
+        CompileSpec(threads=1))
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    x.flags.writeable = False  # as an array loaded from a file or a buffer can be
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], compiled.run({"x": x.copy()})["y"])
