@@ -9,6 +9,9 @@ SUITE  ?= suites/default.toml
 PROFILE_WORKLOADS ?= vibration-cnn1d,sensor-transformer
 PROJECT_WORKLOAD  ?= edge-inspect
 PROBE_FLAGS ?=
+# the production lines `make run` judges (chipbench fit) and the stacks it judges them on
+REQUIREMENTS ?= requirements/vibration-gateway.toml requirements/camera-line.toml
+FIT_BACKENDS ?= ort-cpu,tvm-llvm-tuned
 
 .PHONY: install run report probe test test-slow bench bench-kernels runtime-kit gpu-bundles gpu-check clean ship-weights
 
@@ -22,12 +25,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,tune]'
 	touch $(STAMP)
 
-# Ceilings once per machine, per-op breakdowns of two workloads, then the suite and its report.
+# Ceilings once per machine, per-op breakdowns of two workloads, the suite, then the deployment
+# fit of each requirement (reusing the suite's Server and fixed-rate cells) and the report.
 run: $(STAMP)
 	$(BIN)/chipbench probe --if-missing $(PROBE_FLAGS) --results-dir $(RESULTS)
 	$(BIN)/chipbench profile -w $(PROFILE_WORKLOADS) -b ort-cpu,tvm-llvm --results-dir $(RESULTS) > /dev/null
 	$(BIN)/chipbench project --hw edge-npu -w $(PROJECT_WORKLOAD) --precision int8 --results-dir $(RESULTS) > /dev/null
 	$(BIN)/chipbench run --suite $(SUITE) --results-dir $(RESULTS)
+	$(BIN)/chipbench fit $(foreach r,$(REQUIREMENTS),--requirement $(r)) -b $(FIT_BACKENDS) --results-dir $(RESULTS)
 
 # Copy this machine's trained weights of the small workloads into results/weights/ (shipped).
 ship-weights: $(STAMP)

@@ -599,6 +599,9 @@ _register_compare(app)
 from chipbench.cli_loadgen import register as _register_loadgen, scenario_flags  # noqa: E402
 
 _register_loadgen(app)
+from chipbench.cli_fit import register as _register_fit  # noqa: E402  (fit)
+
+_register_fit(app)
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from chipbench.fit import fit_rows
 from chipbench.measures import Resources
 from chipbench.paths import atomic_write_text
 from chipbench.record import RunRecord
@@ -344,7 +345,8 @@ def gather_extras(records: list[RunRecord], results_dir: Path | None, profiles: 
 
 
 def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
-           extras: Extras | None = None, images: dict[str, str] | None = None) -> str:
+           extras: Extras | None = None, images: dict[str, str] | None = None,
+           fits: list[RunRecord] = ()) -> str:
     env = Environment(
         loader=PackageLoader("chipbench", "templates"),
         # templates are named report.<fmt>.j2: escape by the format, not the last extension
@@ -375,6 +377,7 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
         resource_cells=resource_cells,
         counts=Counter(r.status for r in records),
         generation=_generation(records),
+        fit_rows=fit_rows(list(fits)),
     )
 
 
@@ -389,16 +392,17 @@ def write_reports(records: list[RunRecord], md_path: Path | None, html_path: Pat
                   results_dir: Path | None = None) -> list[Path]:
     """Markdown and self-contained HTML reports of `records` (benchmarks and per-op profiles)."""
     profiles = [r for r in records if r.kind == "profile"]
-    records = [r for r in records if r.kind != "profile"]
+    fits = [r for r in records if r.kind == "fit"]  # deployment verdicts: their own section (chipbench.fit)
+    records = [r for r in records if r.kind not in ("profile", "fit")]
     extras = gather_extras(records, results_dir, profiles)
     written = []
     if md_path is not None:
         refs = {name: os.path.relpath(png, md_path.parent) for name, png in extras.images.items()}
-        written.append(_write(md_path, render(records, "md", extras=extras, images=refs)))
+        written.append(_write(md_path, render(records, "md", extras=extras, images=refs, fits=fits)))
     if html_path is not None:  # self-contained: the plots travel inside the page
         refs = {name: "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
                 for name, png in extras.images.items()}
-        written.append(_write(html_path, render(records, "html", extras=extras, images=refs)))
+        written.append(_write(html_path, render(records, "html", extras=extras, images=refs, fits=fits)))
     return written
 
 
