@@ -12,8 +12,10 @@ The verdict is a list of checks, each `met`, `failed` or `not proven`:
   percentile within the deadline, a query misses it with probability at most 1 - p, so k or more
   misses among n have probability at most P(X >= k), X ~ Binomial(n, 1 - p); the same
   construction as LoadGen's early stopping, `loadgen/early_stopping.cc`, turned the other way).
-  Not proven otherwise: too few queries (n below 64 for p90, 662 for p99, 6,636 for p99.9), or a
-  sample value within the deadline whose bound is not.
+  Not proven otherwise: too few queries (n below 64 for p90, 662 for p99, 6,636 for p99.9), a
+  sample value within the deadline whose bound is not, or a miss measured while other work kept
+  the machine busy (the record's machine-quiet rule failed, chipbench.quiet): contention only
+  adds latency, so a deadline met beside it stands, and a deadline missed beside it is not proof.
 - accuracy: the task metric as a share of the FP32 model's (`percent_of_fp32`; the record's
   `accuracy.task.ratio`, which is value / reference, or reference / value where lower is better,
   chipbench.taskeval) or against an absolute floor in the metric's direction.
@@ -38,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from chipbench.validity import QUIET
 from chipbench.record import RunRecord
 from chipbench.requirement import Requirement
 from chipbench.scenarios import MeasureSettings
@@ -95,13 +98,17 @@ class FitVerdict:
         return "; ".join(c.text for c in self.checks if c.name == "latency")
 
     def headroom_text(self) -> str:
-        """"812 Hz (1.27× the line's rate)", "none found", or "not measured"."""
+        """"812 Hz (1.27× the line's rate)" (saying so when the run at that rate then missed the
+        deadline), "no rate met the deadline", or "not measured"."""
         if not self.headroom:
             return "not measured"
         peak = self.headroom.get("peak_hz")
         if not peak:
             return "no rate met the deadline"
-        return f"{peak:.4g} Hz ({peak / self.requirement.rate_hz:.2f}× the line's rate)"
+        text = f"{peak:.4g} Hz ({peak / self.requirement.rate_hz:.2f}× the line's rate)"
+        if self.headroom.get("confirmed") is False:
+            return f"{text}, found by LoadGen's peak search; not confirmed: the run at that rate missed the deadline"
+        return text
 
     def stack(self) -> str:
         threads = "default threads" if self.threads is None else f"{self.threads} thread{'s' if self.threads != 1 else ''}"
@@ -124,6 +131,11 @@ class FitVerdict:
 
 def _pct(measured: float, limit: float) -> float:
     return (measured / limit - 1.0) * 100.0
+
+
+def _ms(v: float) -> str:
+    """Milliseconds to three significant figures, without exponent notation (2260, not 2.26e+03)."""
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
 
 
 def _signed(pct: float) -> str:
@@ -156,23 +168,23 @@ def latency_check(req: Requirement, rec: RunRecord, samples_ms: np.ndarray | Non
         return Check("latency", "not proven", f"{name}: the record has no tail estimate (an older record)")
     if tail.estimable and tail.upper_bound <= d:
         m = _pct(tail.upper_bound, d)
-        return Check("latency", "met", f"{name} {tail.value:.3g} ms (≤ {tail.upper_bound:.3g} at "
+        return Check("latency", "met", f"{name} {_ms(tail.value)} ms (≤ {_ms(tail.upper_bound)} at "
                                         f"{tail.confidence * 100:g} %) within {d:g} ms deadline ({_signed(m)})", m)
     if tail.estimable and tail.value > d:
         m = _pct(tail.value, d)
-        return Check("latency", "failed", f"{name} {tail.value:.3g} ms > {d:g} ms deadline ({_signed(m)})", m)
+        return Check("latency", "failed", f"{name} {_ms(tail.value)} ms > {d:g} ms deadline ({_signed(m)})", m)
     if samples_ms is not None and over_with_confidence(samples_ms, d, req.percent, tail.confidence):
         over = int(np.count_nonzero(np.asarray(samples_ms) > d))
         shown = tail.value if tail.value is not None else float(np.percentile(samples_ms, req.percent))
         m = _pct(shown, d)
-        return Check("latency", "failed", f"{name} {shown:.3g} ms > {d:g} ms deadline ({_signed(m)}; {over} of "
+        return Check("latency", "failed", f"{name} {_ms(shown)} ms > {d:g} ms deadline ({_signed(m)}; {over} of "
                                           f"{len(samples_ms)} queries late, over at {tail.confidence * 100:g} % confidence)", m)
     if not tail.estimable:
         return Check("latency", "not proven", f"{name} not estimable: n = {tail.count} < {tail.min_count} queries "
                                               f"for a {tail.confidence * 100:g} % bound")
     m = _pct(tail.upper_bound, d)
-    return Check("latency", "not proven", f"{name} {tail.value:.3g} ms within {d:g} ms but its "
-                                          f"{tail.confidence * 100:g} % bound {tail.upper_bound:.3g} ms is not ({_signed(m)})", m)
+    return Check("latency", "not proven", f"{name} {_ms(tail.value)} ms within {d:g} ms but its "
+                                          f"{tail.confidence * 100:g} % bound {_ms(tail.upper_bound)} ms is not ({_signed(m)})", m)
 
 
 def accuracy_check(req: Requirement, rec: RunRecord) -> Check | None:
@@ -253,6 +265,17 @@ def measured_arrival(rec: RunRecord) -> dict[str, Any] | None:
     return ((rec.scenario or {}).get("loadgen") or {}).get("arrival")
 
 
+def busy_machine(rec: RunRecord) -> str | None:
+    """Why the record's machine-quiet rule failed (other work kept cores busy during the timed
+    run, chipbench.quiet), or None when it passed, was not judged, or is absent."""
+    for rule in rec.validity or []:
+        if rule.get("rule") == QUIET and rule.get("passed") is False:
+            reason = rule.get("reason") or ""
+            reason = reason.split(" (> quiet_cores")[0].removeprefix("machine busy: ")
+            return reason or "machine busy"
+    return None
+
+
 def judge(req: Requirement, rec: RunRecord | None, threads: int | None, samples_ms: np.ndarray | None = None,
           backend: str | None = None, precision: str | None = None,
           headroom: dict[str, Any] | None = None) -> FitVerdict:
@@ -279,7 +302,13 @@ def judge(req: Requirement, rec: RunRecord | None, threads: int | None, samples_
         shown = f"{rate:g} Hz" if rate is not None else "no recorded rate"
         return verdict(Check("measurement", "not proven", f"measured {rec.scenario.get('name')} at {shown}, "
                                                           f"not {req.scenario} at {req.rate_hz:g} Hz"))
-    checks.append(latency_check(req, rec, samples_ms))
+    latency = latency_check(req, rec, samples_ms)
+    busy = busy_machine(rec)
+    if latency.status == "failed" and busy:
+        # other work inflates latency: a miss measured beside it proves nothing about the stack
+        latency = Check("latency", "not proven", f"{latency.text}, but measured while the machine was busy ({busy})",
+                        latency.margin_pct)
+    checks.append(latency)
     checks.append(accuracy_check(req, rec))
     checks += budget_checks(req, rec, threads)
     return verdict(*checks)
@@ -378,11 +407,13 @@ def _close(a: float | None, b: float | None) -> bool:
 
 def headroom_of(rec: RunRecord | None) -> dict[str, Any] | None:
     """A find-peak server record's headroom: {"peak_hz": LoadGen's peak (None when no rate met
-    the bound), "record": its id}; None without an ok record."""
+    the bound), "confirmed": whether the timed run at that rate then met the deadline too
+    (LoadGen's VALID), "record": its id}; None without an ok record."""
     if rec is None or rec.status != "ok":
         return None
-    peak = (((rec.scenario or {}).get("loadgen") or {}).get("find_peak") or {}).get("peak_qps")
-    return {"peak_hz": float(peak) if peak else None, "record": rec.id}
+    loadgen = (rec.scenario or {}).get("loadgen") or {}
+    peak = (loadgen.get("find_peak") or {}).get("peak_qps")
+    return {"peak_hz": float(peak) if peak else None, "confirmed": loadgen.get("result") == "VALID", "record": rec.id}
 
 
 def fit_record(verdict: FitVerdict, measured: RunRecord | None) -> RunRecord:

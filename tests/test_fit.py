@@ -165,6 +165,19 @@ def test_not_proven_below_662_queries_at_p99(tmp_path):
     assert v.margin == "p99 not estimable: n = 300 < 662 queries for a 99 % bound"
 
 
+def test_a_miss_measured_on_a_busy_machine_is_not_proven_and_a_pass_stands(tmp_path):
+    req = _req(tmp_path)
+    busy = [{"rule": "machine-quiet", "passed": False,
+             "reason": "machine busy: other work used start 1.90 cores (> quiet_cores=0.25); measure again on a quiet machine"}]
+    rec, ms = _record(req, _lognormal(800, 40.0))
+    rec.validity = busy
+    v = judge(req, rec, 2, ms)
+    assert v.verdict == "NOT PROVEN" and v.margin.endswith(", but measured while the machine was busy (other work used start 1.90 cores)")
+    rec, ms = _record(req, _lognormal(800, 10.0))
+    rec.validity = busy
+    assert judge(req, rec, 2, ms).verdict == "FITS"
+
+
 def test_few_queries_can_still_prove_a_miss(tmp_path):
     req = _req(tmp_path)
     rec, ms = _record(req, _lognormal(100, 50.0))  # every query late: the p99 is over with 99 % confidence
@@ -212,6 +225,9 @@ def test_the_verdict_is_stored_as_a_fit_record_and_read_back(tmp_path):
     back = FitVerdict.from_record(RunRecord.from_dict(data))
     assert back.verdict == "FITS" and back.margin == v.margin and back.headroom_text() == "75 Hz (2.50× the line's rate)"
     assert data["kind"] == "fit" and data["fit"]["measured_record"] == rec.id
+    unconfirmed = judge(req, rec, 2, ms, headroom={"peak_hz": 75.0, "confirmed": False, "record": "abc"})
+    assert unconfirmed.headroom_text().endswith("not confirmed: the run at that rate missed the deadline")
+    assert judge(req, rec, 2, ms).headroom_text() == "not measured"
 
 
 def test_a_suite_record_at_the_workloads_own_rate_is_reused(tmp_path):
@@ -227,6 +243,18 @@ def test_a_suite_record_at_the_workloads_own_rate_is_reused(tmp_path):
     assert reusable(want, [rec], 1000) is None  # too few queries
     assert reusable(fit_cell(req, "ort-cpu", "fp32", 1), [rec], 662) is None  # other threads
     assert reusable(fit_cell(req, "ort-cpu", "int8", 2), [rec], 662) is None
+
+
+def test_the_report_section_escapes_a_hostile_requirement_name(tmp_path):
+    from chipbench.report import render
+
+    req = _req(tmp_path, CAMERA.replace('name = "line-7"', 'name = "<script>alert(1)</script>|x"'))
+    rec, ms = _record(req, _lognormal(800, 10.0))
+    fit = fit_record(judge(req, rec, 2, ms), rec)
+    html = render([rec], "html", fits=[fit])
+    assert "Deployment fit" in html and "<script>alert" not in html and "&lt;script&gt;" in html
+    md = render([rec], "md", fits=[fit])
+    assert "\\<script\\>alert\\(1\\)\\</script\\>\\|x" in md and "| FITS |" in md
 
 
 # --- end to end -----------------------------------------------------------------------------
