@@ -34,7 +34,6 @@ tested with synthetic records; `chipbench fit` (chipbench.cli_fit) runs the cell
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +63,7 @@ class Check:
     margin_pct: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored form (a non-finite margin as null)."""
         return {"name": self.name, "status": self.status, "text": self.text,
                 "margin_pct": None if self.margin_pct is None or not math.isfinite(self.margin_pct) else self.margin_pct}
 
@@ -85,6 +85,7 @@ class FitVerdict:
 
     @property
     def verdict(self) -> str:
+        """DOES NOT FIT when a check failed, else NOT PROVEN when one is not proven, else FITS."""
         statuses = {c.status for c in self.checks}
         return "DOES NOT FIT" if "failed" in statuses else ("NOT PROVEN" if "not proven" in statuses else "FITS")
 
@@ -111,6 +112,7 @@ class FitVerdict:
         return text
 
     def stack(self) -> str:
+        """"ort-cpu · fp32 · 2 threads"."""
         threads = "default threads" if self.threads is None else f"{self.threads} thread{'s' if self.threads != 1 else ''}"
         return f"{self.backend} · {self.precision} · {threads}"
 
@@ -459,14 +461,6 @@ def fit_rows(records: list[RunRecord]) -> list[FitRow]:
         v = FitVerdict.from_record(rec)
         rows.append(FitRow(v.requirement.name, v.requirement.summary(), v.stack(), v.verdict, v.margin, v.headroom_text()))
     return sorted(rows, key=lambda r: (r.requirement, r.stack))
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask), the default thread budget's ceiling."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 __all__ = ["Check", "FitVerdict", "FitRow", "VERDICTS", "judge", "latency_check", "accuracy_check", "budget_checks",

@@ -103,10 +103,12 @@ class Requirement:
         return min_count(self.percent / 100.0)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (a fit record's `fit.requirement`)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Requirement:
+        """A requirement as `to_dict` wrote it. TypeError for unknown or missing fields."""
         return cls(**data)
 
     def summary(self) -> str:
