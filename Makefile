@@ -13,6 +13,9 @@ PROBE_FLAGS ?=
 # exported by the suite by then) and the backends `make conformance` scores on the full suites
 CONFORMANCE_WORKLOADS ?= defect-cnn,vibration-cnn1d,sensor-transformer,edge-inspect,rul-gru,rul-tcn,sensor-ae
 CONFORMANCE_BACKENDS  ?= ort-cpu,tvm-llvm
+# the production lines `make run` judges (chipbench fit) and the stacks it judges them on
+REQUIREMENTS ?= requirements/vibration-gateway.toml requirements/camera-line.toml
+FIT_BACKENDS ?= ort-cpu,tvm-llvm-tuned
 
 .PHONY: install run report probe conformance test test-slow bench bench-kernels runtime-kit gpu-bundles gpu-check clean ship-weights
 
@@ -26,13 +29,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,tune,openvino]'
 	touch $(STAMP)
 
-# Ceilings once per machine, per-op breakdowns of two workloads, then the suite and its report.
+# Ceilings once per machine, per-op breakdowns of two workloads, the suite, the deployment fit of
+# each requirement (reusing the suite's Server and fixed-rate cells), the conformance slice of the
+# workloads' operators, then the report.
 run: $(STAMP)
 	$(BIN)/chipbench probe --if-missing $(PROBE_FLAGS) --results-dir $(RESULTS)
 	$(BIN)/chipbench profile -w $(PROFILE_WORKLOADS) -b ort-cpu,tvm-llvm --results-dir $(RESULTS) > /dev/null
 	$(BIN)/chipbench project --hw edge-npu -w $(PROJECT_WORKLOAD) --precision int8 --results-dir $(RESULTS) > /dev/null
-	$(BIN)/chipbench run --suite $(SUITE) --results-dir $(RESULTS)
-	$(BIN)/chipbench conformance -w $(CONFORMANCE_WORKLOADS) -b $(CONFORMANCE_BACKENDS) --results-dir $(RESULTS) && $(BIN)/chipbench report --results-dir $(RESULTS)
+	$(BIN)/chipbench run --suite $(SUITE) --results-dir $(RESULTS) --no-report
+	$(BIN)/chipbench fit $(foreach r,$(REQUIREMENTS),--requirement $(r)) -b $(FIT_BACKENDS) --results-dir $(RESULTS) --no-report
+	$(BIN)/chipbench conformance -w $(CONFORMANCE_WORKLOADS) -b $(CONFORMANCE_BACKENDS) --results-dir $(RESULTS)
+	$(BIN)/chipbench report --results-dir $(RESULTS)
 
 # ONNX's own backend tests (node and converted-model suites) on each ONNX backend, then the report
 conformance: $(STAMP)

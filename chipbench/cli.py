@@ -602,6 +602,9 @@ _register_loadgen(app)
 from chipbench.cli_conformance import register as _register_conformance  # noqa: E402  (conformance)
 
 _register_conformance(app)
+from chipbench.cli_fit import register as _register_fit  # noqa: E402  (fit)
+
+_register_fit(app)
 
 if __name__ == "__main__":
     main()

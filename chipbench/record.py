@@ -37,7 +37,7 @@ class RunRecord:
     notes: list[str] = field(default_factory=list)
     coverage: dict[str, Any] | None = None  # ONNX operators: counts and what became of each
     work: dict[str, Any] | None = None  # FLOPs and minimum bytes of one query (for the roofline)
-    kind: str = "run"  # "run": a benchmark; "profile": a per-operator breakdown (in `profile`)
+    kind: str = "run"  # "run": a benchmark; "profile": a per-operator breakdown (in `profile`); "fit": a deployment verdict (in `fit`)
     profile: dict[str, Any] | None = None  # chipbench.opprofile.OpProfile.to_dict()
     energy: dict[str, Any] | None = None  # measured device energy over the timed run (chipbench.energy)
     generation: dict[str, Any] | None = None  # the generation scenario: TTFT, TPOT, tokens/s (chipbench.generation)
@@ -45,6 +45,7 @@ class RunRecord:
     validity: list[dict[str, Any]] | None = None  # named rules behind the verdict (chipbench.validity)
     tuning: dict[str, Any] | None = None  # how a tuned backend's schedules were obtained (tvm_tuned.tuning_provenance)
     quantization: dict[str, Any] | None = None  # the int8 configuration that ran and why (chipbench.int8_search)
+    fit: dict[str, Any] | None = None  # kind "fit": a requirement judged against a measured cell (chipbench.fit)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
     schema_version: int = SCHEMA_VERSION
     config_hash: str = ""

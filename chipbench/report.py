@@ -17,6 +17,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from chipbench.fit import fit_rows
 from chipbench.measures import Resources
 from chipbench.paths import atomic_write_text
 from chipbench.record import RunRecord
@@ -189,6 +190,13 @@ def precision_rows(records: list[RunRecord]) -> list[PrecisionRow]:
                 r.accuracy.fidelity.rel_l2 if r.accuracy else None,
                 task_summary(r), r.verdict or r.status.upper(), task.get("metric"), task.get("value")))
     return rows
+
+
+def fit_summary(rows: list, workload: str) -> str:
+    """The deployment-fit verdicts (chipbench.fit.FitRow) of a workload's requirements, one
+    phrase each, e.g. "camera-line: FITS on ort-cpu fp32"; "–" when none was judged."""
+    mine = [r for r in rows if r.workload == workload]
+    return "; ".join(f"{r.requirement}: {r.verdict} on {r.stack}" for r in mine) or "–"
 
 
 def speedup_text(row) -> str:
@@ -429,9 +437,11 @@ def add_summary_and_plots(extras: Extras, records: list[RunRecord], results_dir:
 
 
 def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
-           extras: Extras | None = None, images: dict[str, str] | None = None, conformance=None) -> str:
+           extras: Extras | None = None, images: dict[str, str] | None = None, conformance=None,
+           fits: list[RunRecord] = ()) -> str:
     """The report as `fmt` ("md" or "html"); `conformance` is the scoreboard of the stored
-    conformance runs (chipbench.conformance.scoreboard.Scoreboard) or None."""
+    conformance runs (chipbench.conformance.scoreboard.Scoreboard) or None, `fits` the
+    deployment-fit records (kind "fit", chipbench.fit)."""
     env = Environment(
         loader=PackageLoader("chipbench", "templates"),
         # templates are named report.<fmt>.j2: escape by the format, not the last extension
@@ -446,7 +456,7 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         tables=build_tables(records),
         environment_line=environment_line(records),
-        speedup_text=speedup_text, reference_stack=" ".join(REFERENCE_STACK),
+        speedup_text=speedup_text, reference_stack=" ".join(REFERENCE_STACK), fit_summary=fit_summary,
         summary=cell_summary,
         environment=environment(records),
         problems=[r for r in records if r.status != "ok" or r.verdict in ("INVALID", "NOISY")],
@@ -466,6 +476,7 @@ def render(records: list[RunRecord], fmt: str, title: str = "chipbench report",
         generation=_generation(records),
         int8_findings=_int8_findings(records),
         conformance=conformance,
+        fit_rows=fit_rows(list(fits)),
     )
 
 
@@ -486,17 +497,19 @@ def write_reports(records: list[RunRecord], md_path: Path | None, html_path: Pat
                   results_dir: Path | None = None) -> list[Path]:
     """Markdown and self-contained HTML reports of `records` (benchmarks and per-op profiles)."""
     profiles = [r for r in records if r.kind == "profile"]
-    records = [r for r in records if r.kind != "profile"]
+    fits = [r for r in records if r.kind == "fit"]  # deployment verdicts: their own section (chipbench.fit)
+    records = [r for r in records if r.kind not in ("profile", "fit")]
     extras = gather_extras(records, results_dir, profiles)
     board = conformance_board(results_dir)
     written = []
     if md_path is not None:
         refs = {name: os.path.relpath(png, md_path.parent) for name, png in extras.images.items()}
-        written.append(_write(md_path, render(records, "md", extras=extras, images=refs, conformance=board)))
+        written.append(_write(md_path, render(records, "md", extras=extras, images=refs, conformance=board, fits=fits)))
     if html_path is not None:  # self-contained: the plots travel inside the page
         refs = {name: "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
                 for name, png in extras.images.items()}
-        written.append(_write(html_path, render(records, "html", extras=extras, images=refs, conformance=board)))
+        written.append(_write(html_path, render(records, "html", extras=extras, images=refs, conformance=board,
+                                                fits=fits)))
     return written
 
 

@@ -23,6 +23,7 @@ from chipbench.gpu_probe import build_gpu_profile, datasheet, probe_gpus, summar
 from chipbench.probe import DeviceProfile, load_profile_for, save_profile
 from chipbench.record import validate
 from chipbench.roofline import Ceilings, place
+from chipbench.stats import LatencyStats
 
 HAS_GPU = gpu.torch_cuda_problem() is None
 no_gpu_here = pytest.mark.skipif(gpu.cuda_present(), reason="this machine has an NVIDIA device")
@@ -212,7 +213,7 @@ def test_a_gpu_record_is_placed_on_the_gpu_roofline(tmp_path):
     rec = RunRecord(workload={"name": "defect-cnn", "scenario": "", "params": {}},
                     backend={"name": "torch-eager-cuda", "versions": {}}, precision="fp32", batch=32,
                     scenario={"name": "offline", "settings": {}}, status="ok",
-                    latency={"median": 2.0}, work={"flops": 400_000_000_000, "bytes": 2_000_000_000},
+                    latency=LatencyStats.from_samples([2e-3] * 5), work={"flops": 400_000_000_000, "bytes": 2_000_000_000},
                     provenance={"device": {"kind": "cuda", "id": "cuda:0", "name": "NVIDIA H200"}})
     extras = gather_extras([rec], tmp_path)
     point = extras.point_of(rec)
