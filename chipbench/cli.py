@@ -599,6 +599,9 @@ _register_compare(app)
 from chipbench.cli_loadgen import register as _register_loadgen, scenario_flags  # noqa: E402
 
 _register_loadgen(app)
+from chipbench.cli_verify import register as _register_verify  # noqa: E402  (verify, publish)
+
+_register_verify(app)
 
 if __name__ == "__main__":
     main()
