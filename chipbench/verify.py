@@ -17,7 +17,8 @@ For every record file `runs/<id>.json` (the store's truth; chipbench.store):
 - the throughput follows from the samples and the batch (batch × queries / summed seconds,
   chipbench.recording.measured_fields), or, for Server and fixed-rate cells, from the rate
   LoadGen or the issuer reported (chipbench.scenario_run._served_rate);
-- the verdict and its named rules equal `chipbench.validity.judge` of a copy of the record.
+- the verdict and its named rules equal `chipbench.validity.judge` of a copy of the record
+  (records older than named rules: the verdict alone).
 
 Figures that cannot be re-derived from a record are not claimed to be: `bare_loop_median_ms`
 (a separate timing loop), tokens/s of generation cells, and records without raw samples.
@@ -295,7 +296,8 @@ def _check_verdict(name: str, data: dict[str, Any], rec: RunRecord) -> list[Mism
     found = []
     if copy.verdict != rec.verdict:
         found.append(Mismatch(name, "verdict", str(rec.verdict), str(copy.verdict)))
-    if (copy.validity or None) != (rec.validity or None):
+    # records written before verdicts were named rules keep no `validity`: their verdict is checked
+    if rec.validity is not None and copy.validity != rec.validity:
         found.append(Mismatch(name, "validity", _show(rec.validity), _show(copy.validity)))
     return found
 
