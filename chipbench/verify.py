@@ -10,7 +10,8 @@ For every record file `runs/<id>.json` (the store's truth; chipbench.store):
   hash, and is re-derived (`chipbench.record.config_hash`; schema-1 records kept their old id
   there and are not re-hashed);
 - the index row (`chipbench.sqlite`) holds the same record (its raw samples' data left out,
-  as `chipbench.store.index_text` writes it), and every index row has its file;
+  as `chipbench.store.index_text` writes it), and every index row has its file (a results
+  dir without an index, e.g. a copied `runs/`, has nothing to compare with);
 - every latency statistic equals `LatencyStats.from_samples` of its decoded raw samples with
   the record's seed (median CI included), within the float32 rounding the samples were kept
   with (chipbench.samples);
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from chipbench.record import RunRecord, config_hash, validate
-from chipbench.store import ResultsStore, StoreError, index_text
+from chipbench.store import ResultsStore, index_text
 
 # The raw samples are float32 (chipbench.samples): each is within 2**-24 (relative) of the
 # value the stored statistics were computed from, so every order statistic, mean, interval
@@ -127,7 +128,7 @@ def check_records(store: ResultsStore, checked: Counter) -> list[Mismatch]:
     seen: dict[str, Path] = {}
     for path in files:
         checked["records"] += 1
-        name = _name(store, path)
+        name = str(path)
         try:
             text = path.read_text()
             data = json.loads(text)
@@ -139,14 +140,15 @@ def check_records(store: ResultsStore, checked: Counter) -> list[Mismatch]:
             continue
         rid = data.get("id")
         if rid != path.stem:
-            found.append(Mismatch(name, "id", repr(rid), f"{path.stem!r} (the file name)"))
+            found.append(Mismatch(name, "id", str(rid), f"{path.stem} (the file name)"))
         if rid in seen:
-            found.append(Mismatch(name, "id", repr(rid), f"unique (also in {_name(store, seen[rid])})"))
+            found.append(Mismatch(name, "id", str(rid), f"unique (also in {seen[rid]})"))
         seen.setdefault(rid, path)
-        found += _check_index(name, text, index.pop(path.stem, None))
+        if index is not None:  # no index at all: the files are the truth, nothing to compare with
+            found += _check_index(name, text, index.pop(path.stem, None))
         found += check_record(name, data, store)
-    for rid in index:
-        found.append(Mismatch(_name(store, store.db_path), f"row {rid}", "indexed",
+    for rid in index or {}:
+        found.append(Mismatch(str(store.db_path), f"row {rid}", "indexed",
                               f"no record file runs/{rid}.json"))
     return found
 
@@ -176,9 +178,10 @@ def check_record(name: str, data: dict[str, Any], store: ResultsStore | None = N
     return found
 
 
-def _index_rows(store: ResultsStore, found: list[Mismatch]) -> dict[str, str]:
+def _index_rows(store: ResultsStore, found: list[Mismatch]) -> dict[str, str] | None:
+    """{id: index row} of the store's index; None when there is no index (a copied runs/ folder)."""
     if not store.db_path.exists():
-        return {}
+        return None
     import sqlite3
     from contextlib import closing
 
@@ -355,6 +358,3 @@ def _show(value: Any) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 160 else text[:157] + "..."
 
-
-def _name(store: ResultsStore, path: Path) -> str:
-    return str(path)

@@ -176,3 +176,20 @@ def test_publish_refuses_when_verify_fails_unless_forced(fresh, tmp_path):
     (tmp_path / "full" / "x").write_text("")
     taken = cli("publish", res, "--out", tmp_path / "full", check=False)
     assert taken.returncode == 2 and "not an empty folder" in taken.stderr
+
+
+def test_a_record_file_must_be_named_by_its_id_and_the_id_unique(fresh, tmp_path):
+    res = copy(fresh, tmp_path)
+    path = by_backend(res)["null/offline"]
+    twin = res / "runs" / "0123456789abcdef.json"
+    shutil.copyfile(path, twin)
+    proc = cli("verify", res, check=False)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 1
+    assert f"{twin}: id: stored {path.stem}, derived 0123456789abcdef (the file name)" in lines
+    first, second = sorted([twin, path])  # the second file read holds an id already seen
+    assert f"{second}: id: stored {path.stem}, derived unique (also in {first})" in lines
+    assert f"{twin}: index row: stored none, derived one (run `chipbench store rebuild`)" in lines
+    (res / "chipbench.sqlite").unlink()  # a copied runs/ folder: no index to compare with
+    twin.unlink()
+    assert cli("verify", res, check=False).returncode == 0
