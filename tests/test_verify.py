@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chipbench.bundle_format import FORMAT, FORMAT_VERSION, file_entry
+from chipbench.bundle_format import FORMAT, FORMAT_VERSION, file_entry, records_document
 from chipbench.publish import RESULTS_COLUMNS, SYSTEM_FIELDS
 from chipbench.report_check import compare, tables
 from chipbench.verify import check_bundles
@@ -111,12 +111,17 @@ def test_bundle_files_are_checked_against_their_manifest(tmp_path):
     manifest = {"format": FORMAT, "version": FORMAT_VERSION,
                 "files": {n: file_entry(bundle / n) for n in ("model.onnx", "inputs.npz")}}
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    doc = records_document("ab" * 32, [{"id": "r1", "latency": {"median": 1.25}}])
+    (tmp_path / "bundles" / "records.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
     checked = Counter()
     assert check_bundles(tmp_path, checked) == [] and checked["bundles"] == 1
+    assert checked["bundle records files"] == 1
     (bundle / "model.onnx").write_bytes(b"model bytez")
     (bundle / "inputs.npz").unlink()
+    doc["records"][0]["latency"]["median"] = 1.0
+    (tmp_path / "bundles" / "records.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
     found = {(Path(m.file).name, m.field) for m in check_bundles(tmp_path, Counter())}
-    assert found == {("model.onnx", "sha256"), ("inputs.npz", "file")}
+    assert found == {("model.onnx", "sha256"), ("inputs.npz", "file"), ("records.json", "sha256")}
 
 
 def test_report_tables_are_keyed_by_row_and_column():
