@@ -8,7 +8,8 @@ header; a row by its record id where the table has an `id` column, else by its l
 up to the first one holding a number (workload, backend, ...), with a count where that repeats.
 Every cell of every row is compared as text (numbers are printed by the same formatting on
 both sides, so equal figures print equally); a row or table on one side only is a mismatch
-too. Prose outside tables (the generation time, the roofline's ceilings line) is not compared.
+too. The text outside tables is compared line by line within each section (`prose`: the
+generation time and image paths masked).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from chipbench.verify import Mismatch
 
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
 _NUMBER = re.compile(r"\d")
+_GENERATED = re.compile(r"^(Generated )\S+")
+_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _SEPARATOR = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
 
 
@@ -101,6 +104,24 @@ def tables(text: str) -> dict[str, list[dict[str, str]]]:
     return out
 
 
+def prose(text: str) -> dict[str, list[str]]:
+    """The lines of `text` outside tables and headings, by the heading above them: {heading:
+    lines}. The time a report was generated and where its images lie (a path that differs
+    between two renderings of the same figures) are masked."""
+    out: dict[str, list[str]] = {}
+    heading, lines = "(top)", text.splitlines()
+    for i, raw in enumerate(lines):
+        line = raw.strip()
+        if not line or line.startswith("|"):
+            continue
+        if line.startswith("#"):
+            heading = _plain(line.lstrip("#").strip())
+            continue
+        line = _GENERATED.sub(r"\1<time>", line)
+        out.setdefault(heading, []).append(_IMAGE.sub(r"![\1](<image>)", line))
+    return out
+
+
 def _plain(text: str) -> str:
     """A name without Markdown's escapes (chipbench.report.md_escape), for reading."""
     return re.sub(r"\\(.)", r"\1", text)
@@ -142,7 +163,7 @@ def _row_key(header: list[str], cells: list[str]) -> str:
 
 def compare(stored: str, derived: str, name: str) -> tuple[list[Mismatch], int]:
     """The Mismatches of Markdown `stored` (the report file `name`) against `derived` (the
-    re-rendered report), and how many cells were compared."""
+    re-rendered report), and how many table cells and text lines were compared."""
     a, b = tables(stored), tables(derived)
     found, cells = [], 0
     for table in a:
@@ -169,6 +190,15 @@ def compare(stored: str, derived: str, name: str) -> tuple[list[Mismatch], int]:
                 if got != value:
                     found.append(Mismatch(name, f"table '{table}' row '{key}' column '{col}'",
                                           "(missing)" if got is None else got, value))
+    a, b = prose(stored), prose(derived)
+    for section in sorted(set(a) | set(b)):
+        have, want = a.get(section, []), b.get(section, [])
+        for j in range(max(len(have), len(want))):
+            got = have[j] if j < len(have) else "(absent)"
+            value = want[j] if j < len(want) else "(absent)"
+            cells += 1
+            if got != value:
+                found.append(Mismatch(name, f"section '{section}' text line {j + 1}", got, value))
     return found, cells
 
 
@@ -181,5 +211,5 @@ def check_report(store: ResultsStore, report: Path, checked: Counter) -> list[Mi
     except (StoreError, ValueError) as exc:
         return [Mismatch(str(report), "report", "present", f"cannot be re-rendered ({exc})")]
     found, cells = compare(report.read_text(), derived, str(report))
-    checked["report cells"] += cells
+    checked["report cells and text lines"] += cells
     return found

@@ -48,7 +48,7 @@ def test_verify_passes_on_fresh_results_and_writes_nothing(fresh):
     proc = cli("verify", fresh, "--report", fresh / "report.md", check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = proc.stdout.strip().splitlines()[-1]
-    assert "3 records" in summary and "report cells" in summary and "OK" in summary
+    assert "3 records" in summary and "report cells and text lines" in summary and "OK" in summary
     assert listing(fresh) == before
 
 
@@ -135,6 +135,12 @@ def test_report_tables_are_keyed_by_row_and_column():
     assert [r["\0key"] for r in runs] == ["id abc", "id def"]
     found, cells = compare(md.replace("| 10 | def", "| 11 | def"), md, "r.md")
     assert cells == 13 and [(m.stored, m.derived) for m in found] == [("11", "10")] and "id def" in found[0].field
+    text = "# r\n\nGenerated 2026-01-01T00:00:00+00:00 from 4 cells.\n\n![roofline](roofline.png)\n\n" + md
+    again = text.replace("2026-01-01T00:00:00", "2027-02-02T10:00:00").replace("](roofline", "](figures/roofline")
+    assert compare(again, text, "r.md")[0] == []  # when it was generated and where its images lie
+    found, _ = compare(text.replace("from 4 cells", "from 5 cells"), text, "r.md")
+    assert [(m.field, m.stored, m.derived) for m in found] == [
+        ("section 'r' text line 1", "Generated <time> from 5 cells.", "Generated <time> from 4 cells.")]
 
 
 def test_publish_writes_the_package_and_its_verify_log(fresh, tmp_path):
