@@ -202,14 +202,15 @@ def compare(stored: str, derived: str, name: str) -> tuple[list[Mismatch], int]:
     return found, cells
 
 
-def check_report(store: ResultsStore, report: Path, checked: Counter) -> list[Mismatch]:
-    """`report` (Markdown) against the report re-rendered from `store` (see the module doc)."""
+def check_report(store: ResultsStore, report: Path, text: str, checked: Counter) -> list[Mismatch]:
+    """The Markdown `text` of the file `report` against the report re-rendered from `store`
+    (see the module doc)."""
     from chipbench.store import StoreError
 
     try:
         derived = rendered_markdown(store)
     except (StoreError, ValueError) as exc:
         return [Mismatch(str(report), "report", "present", f"cannot be re-rendered ({exc})")]
-    found, cells = compare(report.read_text(), derived, str(report))
+    found, cells = compare(text, derived, str(report))
     checked["report cells and text lines"] += cells
     return found

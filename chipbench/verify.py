@@ -102,21 +102,28 @@ def verify_results(root: Path | str, report: Path | str | None = None) -> Verifi
     if not root.is_dir():
         raise VerifyInputError(f"{root}: no such results dir")
     store = ResultsStore(root)
-    if not store.runs_dir.is_dir() and not store.db_path.exists():
-        raise VerifyInputError(f"{root}: no results here (no runs/ and no {store.db_path.name})")
+    text = None
     if report is not None:
         report = Path(report)
         if not report.is_file():
             raise VerifyInputError(f"{report}: no such report")
         if report.suffix.lower() != ".md":
             raise VerifyInputError(f"{report}: --report takes the Markdown report (report.md)")
+        try:
+            text = report.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VerifyInputError(f"{report}: cannot read the report ({exc})") from None
     out = Verification()
-    out.mismatches += check_records(store, out.checked)
+    has_records = store.runs_dir.is_dir() or store.db_path.exists()
+    if has_records:
+        out.mismatches += check_records(store, out.checked)
     out.mismatches += check_bundles(root, out.checked)
+    if not has_records and not out.checked:
+        raise VerifyInputError(f"{root}: no results here (no runs/, no {store.db_path.name}, no bundle)")
     if report is not None:
         from chipbench.report_check import check_report
 
-        out.mismatches += check_report(store, report, out.checked)
+        out.mismatches += check_report(store, report, text, out.checked)
     return out
 
 
