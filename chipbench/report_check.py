@@ -143,9 +143,9 @@ def _column(header: list[str], j: int) -> str:
     if j < len(header) and header.count(name) > 1:
         # the group's label is the nearest header to the left that appears once
         label = next((header[m] for m in range(j, -1, -1) if header.count(header[m]) == 1), "")
-        seen = sum(1 for m in range(j) if header[m] == name)
-        return f"{label} / {name} #{seen + 1}" if label else f"{name} #{seen + 1}"
-    return name
+        name = f"{label} / {name}" if label else name
+    same = sum(1 for m in range(j) if header[m] == header[j] and _column(header, m) == name) if j < len(header) else 0
+    return f"{name} #{same + 1}" if same else name
 
 
 def _row_key(header: list[str], cells: list[str]) -> str:

@@ -130,7 +130,7 @@ def test_report_tables_are_keyed_by_row_and_column():
           "| m1 | a | 10 | abc |\n| m1 | b | 10 | def |\n")
     parsed = tables(md)
     main = next(rows for name, rows in parsed.items() if name.startswith("single-stream"))
-    assert main[0]["b p50 / p99 #2"] == "4.0" and main[0]["\0key"] == "m1"
+    assert main[0]["b p50 / p99"] == "4.0" and main[0]["a p50 / p99"] == "2.0" and main[0]["\0key"] == "m1"
     runs = next(rows for name, rows in parsed.items() if name.startswith("Runs"))
     assert [r["\0key"] for r in runs] == ["id abc", "id def"]
     found, cells = compare(md.replace("| 10 | def", "| 11 | def"), md, "r.md")
