@@ -605,6 +605,9 @@ _register_conformance(app)
 from chipbench.cli_fit import register as _register_fit  # noqa: E402  (fit)
 
 _register_fit(app)
+from chipbench.cli_verify import register as _register_verify  # noqa: E402  (verify, publish)
+
+_register_verify(app)
 
 if __name__ == "__main__":
     main()
