@@ -42,3 +42,22 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_toml(path: Path, what: str, error: type[Exception]) -> dict:
+    """The TOML document at `path`, a `what` file ("suite", "requirement"). Raises `error` with
+    one line naming the file: a folder, no such file, not UTF-8 text, unreadable, not valid TOML."""
+    import tomllib
+
+    if path.is_dir():
+        raise error(f"{path}: is a folder, not a {what} file")
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what} file") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a TOML {what} file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML ({exc})") from None

@@ -25,7 +25,7 @@ from chipbench.verify import Mismatch
 
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
 _NUMBER = re.compile(r"\d")
-_GENERATED = re.compile(r"^(Generated )\S+")
+_GENERATED = re.compile(r"((?:^G|\bg)enerated )\S+")  # "Generated T." or "… · generated T from …"
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _SEPARATOR = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
 
@@ -161,26 +161,26 @@ def _row_key(header: list[str], cells: list[str]) -> str:
     return " / ".join(lead or cells[:1])
 
 
+def _one_sided(name: str, label: str, stored: dict, derived: dict) -> list[Mismatch]:
+    """A Mismatch for each key (a table, a row: `label` formats it) only one side has."""
+    return ([Mismatch(name, label.format(k), "present", "absent") for k in stored if k not in derived]
+            + [Mismatch(name, label.format(k), "absent", "present") for k in derived if k not in stored])
+
+
 def compare(stored: str, derived: str, name: str) -> tuple[list[Mismatch], int]:
     """The Mismatches of Markdown `stored` (the report file `name`) against `derived` (the
     re-rendered report), and how many table cells and text lines were compared."""
     a, b = tables(stored), tables(derived)
-    found, cells = [], 0
-    for table in a:
-        if table not in b:
-            found.append(Mismatch(name, f"table '{table}'", "present", "absent"))
+    found = _one_sided(name, "table '{}'", a, b)
+    cells = 0
     for table, rows in b.items():
         if table not in a:
-            found.append(Mismatch(name, f"table '{table}'", "absent", "present"))
             continue
         have = {r["\0key"]: r for r in a[table]}
         want = {r["\0key"]: r for r in rows}
-        for key in have:
-            if key not in want:
-                found.append(Mismatch(name, f"table '{table}' row '{key}'", "present", "absent"))
+        found += _one_sided(name, f"table '{table}' row '{{}}'", have, want)
         for key, row in want.items():
             if key not in have:
-                found.append(Mismatch(name, f"table '{table}' row '{key}'", "absent", "present"))
                 continue
             for col, value in row.items():
                 if col == "\0key":

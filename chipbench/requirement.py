@@ -32,10 +32,11 @@ deadline_ms must be a number > 0, got 'fast'").
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from chipbench.paths import read_toml
 
 # The percentiles a deadline may be stated at: name -> (the record's tail name, percent).
 PERCENTILES: dict[str, tuple[str, float]] = {"p90": ("p90", 90.0), "p99": ("p99", 99.0), "p99.9": ("p999", 99.9)}
@@ -132,18 +133,7 @@ def load_requirement(path: Path | str) -> Requirement:
     naming the file and field for a missing file, bad TOML, an unknown or missing field, a value
     of the wrong type or out of range, or an unknown workload."""
     path = Path(path)
-    if path.is_dir():
-        raise RequirementError(f"{path}: is a folder, not a requirement file")
-    try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise RequirementError(f"{path}: no such requirement file") from None
-    except UnicodeDecodeError:
-        raise RequirementError(f"{path}: not a TOML requirement file (not UTF-8 text)") from None
-    except OSError as exc:
-        raise RequirementError(f"{path}: cannot read the requirement ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RequirementError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, "requirement", RequirementError)
     try:
         return _parse(data, path)
     except RequirementError as exc:

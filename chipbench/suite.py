@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from chipbench.paths import read_toml
 from chipbench.scenarios import SCENARIOS, MeasureSettings
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -193,18 +193,7 @@ def load_suite(path: Path, _including: tuple[Path, ...] = ()) -> list[Cell]:
     Raises SuiteError naming the file (and the cell table) for anything that is not a valid
     suite, an include cycle included."""
     path = Path(path)
-    if path.is_dir():
-        raise SuiteError(f"{path}: is a folder, not a suite file")
-    try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise SuiteError(f"{path}: no such suite file") from None
-    except UnicodeDecodeError:
-        raise SuiteError(f"{path}: not a TOML suite (not UTF-8 text)") from None
-    except OSError as exc:
-        raise SuiteError(f"{path}: cannot read the suite ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SuiteError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, "suite", SuiteError)
     unknown = set(data) - {"include", "defaults", "cells"}
     if unknown:
         raise SuiteError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))} "
