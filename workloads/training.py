@@ -6,15 +6,16 @@ training recipe (optimizer, epochs, lr, batch, train size), the data generator's
 weights and compared exactly; a file lock keeps concurrent processes from training the same
 model twice.
 
-Before training, two sources are asked, and the stored info says which gave the weights:
-- the weights shipped in the source tree (`results/weights/<workload>/`, `make ship-weights`),
-  used only when their whole key equals this one, torch version included: a fresh clone then
-  skips about 14 minutes of training on 2 cores, and a changed recipe, generator or torch
-  retrains as before;
+Before training, two sources are asked in this order, and the stored info says which gave the
+weights:
 - weights carried from another machine (`CHIPBENCH_CARRIED_WEIGHTS`, a folder laid out as this
   cache is, e.g. by `scripts/gpu_bundles.py`), used when their key equals this one but for the
   torch version: a device then measures the very weights its bundles were compiled with, and
-  does not spend its time training.
+  does not spend its time training;
+- the weights shipped in the source tree (`results/weights/<workload>/`, `make ship-weights`),
+  used only when their whole key equals this one, torch version included: a fresh clone then
+  skips about 14 minutes of training on 2 cores, and a changed recipe, generator or torch
+  retrains as before.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def cached_weights(workload: Any, recipe: str, model: nn.Module,
         with open(folder / f"{stem}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not load():  # another process may have finished while we waited
-                info = (keyed_weights(shipped_root(), workload.name, key, model, exact=True)
-                        or carried_weights(workload.name, key, model))
+                # carried first: a device must measure the very weights its bundles were built with
+                info = (carried_weights(workload.name, key, model)
+                        or keyed_weights(shipped_root(), workload.name, key, model, exact=True))
                 if info is None:
                     t0, c0 = time.perf_counter(), time.process_time()
                     print(f"chipbench: preparing {workload.name} weights ({recipe}), once; cache {folder}",
