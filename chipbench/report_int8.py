@@ -46,8 +46,13 @@ def int8_findings(records: list[RunRecord]) -> list[Int8Finding]:
                                  + (f"; and slower than fp32: {q['loss_reason']}"
                                     if speedup is not None and speedup < 1 and q.get("loss_reason") else ""))
         elif speedup is not None and speedup < 1:
-            reason = q.get("loss_reason") or ("the search's own timing had it faster than fp32, so the gap "
-                                              "is within this machine's noise")
+            chosen = next((a for a in alternatives if a.get("name") == q.get("executed")), {})
+            searched = (f" ({chosen['p50_ms']:.3g} ms against fp32 {q['fp32_p50_ms']:.3g} ms)"
+                        if chosen.get("p50_ms") and q.get("fp32_p50_ms") else "")
+            reason = q.get("loss_reason") or (
+                f"the search's quick timing on ONNX Runtime had it faster than fp32{searched}, but this timed cell, "
+                f"{r.latency.median:.3g} ms against {base.latency.median:.3g} ms, is the measurement: "
+                f"the search's timing did not predict it")
             loses, text = True, f"int8 loses to fp32 with the fastest passing configuration; {reason}"
         else:
             loses, text = False, q["why"]
