@@ -14,7 +14,7 @@ weights:
   does not spend its time training;
 - the weights shipped in the source tree (`results/weights/<workload>/`, `make ship-weights`),
   used only when their whole key equals this one, torch version included: a fresh clone then
-  skips about 14 minutes of training on 2 cores, and a changed recipe, generator or torch
+  skips about 12 of the 14 minutes of training on 2 cores, and a changed recipe, generator or torch
   retrains as before.
 """
 
