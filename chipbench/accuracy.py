@@ -88,15 +88,20 @@ def _with_problem(f: Fidelity, problem: str) -> Fidelity:
                     (*f.problems, problem))
 
 
+def finite_positions(got: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, int]:
+    """(mask of the positions finite in both flat float arrays, how many positions differ in
+    their non-finite class): NaN matches only NaN, +Inf only +Inf, -Inf only -Inf, at the same
+    place; a mismatch is a failure, never hidden by the errors over the finite values."""
+    both = np.isfinite(got) & np.isfinite(ref)
+    same_class = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
+    return both, int(np.count_nonzero(~both & ~same_class))
+
+
 def compare(got: np.ndarray, ref: np.ndarray) -> Fidelity:
     """One output against its reference (same shape); any numeric or bool dtype, any rank."""
     got = np.asarray(got, np.float64).ravel()
     ref = np.asarray(ref, np.float64).ravel()
-    ref_finite, got_finite = np.isfinite(ref), np.isfinite(got)
-    # same non-finite class at the same place: NaN with NaN, +Inf with +Inf, -Inf with -Inf
-    same_class = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
-    mismatch = int(np.count_nonzero(~(ref_finite & got_finite) & ~same_class))
-    both = ref_finite & got_finite
+    both, mismatch = finite_positions(got, ref)
     g, r = got[both], ref[both]
     diff = g - r
     ref_norm, got_norm = float(np.linalg.norm(r)), float(np.linalg.norm(g))
@@ -106,7 +111,7 @@ def compare(got: np.ndarray, ref: np.ndarray) -> Fidelity:
     else:
         cosine = float(np.dot(g, r) / (got_norm * ref_norm))
     return Fidelity(max_abs=float(np.max(np.abs(diff), initial=0.0)), rel_l2=rel_l2, cosine=cosine,
-                    nonfinite=int(np.count_nonzero(~ref_finite)), nonfinite_mismatch=mismatch,
+                    nonfinite=int(np.count_nonzero(~np.isfinite(ref))), nonfinite_mismatch=mismatch,
                     outputs_compared=1)
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chipbench.accuracy import finite_positions
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -68,9 +70,7 @@ def compare_outputs(got: Mapping[str, np.ndarray], expected: Mapping[str, np.nda
 def _close(name: str, out: np.ndarray, ref: np.ndarray, rtol: float, atol: float) -> tuple[float, float, str | None]:
     o = out.astype(np.float64).ravel()
     e = ref.astype(np.float64).ravel()
-    finite = np.isfinite(o) & np.isfinite(e)
-    same_class = (np.isnan(o) & np.isnan(e)) | (np.isinf(e) & (o == e))
-    mismatch = int(np.count_nonzero(~finite & ~same_class))
+    finite, mismatch = finite_positions(o, e)
     diff = np.abs(o[finite] - e[finite])
     scale = np.abs(e[finite])
     max_abs = float(diff.max(initial=0.0))
