@@ -44,6 +44,7 @@ from chipbench.record import RunRecord
 from chipbench.requirement import Requirement
 from chipbench.scenarios import MeasureSettings
 from chipbench.suite import Cell
+from chipbench import tails
 from chipbench.tails import CONFIDENCE
 
 VERDICTS = ("FITS", "DOES NOT FIT", "NOT PROVEN")
@@ -147,19 +148,11 @@ def _signed(pct: float) -> str:
 def over_with_confidence(samples_ms: np.ndarray, deadline_ms: float, percent: float,
                          confidence: float = CONFIDENCE) -> bool:
     """Whether the `percent`-th percentile of the latencies exceeds `deadline_ms` with
-    `confidence`: k queries over the deadline among n have probability P(X >= k) <= 1 -
-    confidence, X ~ Binomial(n, 1 - percent/100), the most a percentile within the deadline
-    allows (see the module docstring). `samples_ms`: per-query latencies in ms, any order."""
+    `confidence` (chipbench.tails.over_with_confidence on the queries over the deadline; see the
+    module docstring). `samples_ms`: per-query latencies in ms, any order."""
     ms = np.asarray(samples_ms, dtype=np.float64)
-    n, k = int(ms.size), int(np.count_nonzero(ms > deadline_ms))
-    if n == 0 or k == 0:
-        return False
-    q = 1.0 - percent / 100.0
-    # P(X >= k) by summing the upper tail in log space (no overflow for large n)
-    j = np.arange(k, n + 1, dtype=np.float64)
-    log_pmf = (math.lgamma(n + 1) - np.array([math.lgamma(x + 1) for x in j])
-               - np.array([math.lgamma(n - x + 1) for x in j]) + j * math.log(q) + (n - j) * math.log1p(-q))
-    return bool(np.logaddexp.reduce(log_pmf) <= math.log1p(-confidence))
+    return tails.over_with_confidence(int(ms.size), int(np.count_nonzero(ms > deadline_ms)), percent / 100.0,
+                                      confidence)
 
 
 def latency_check(req: Requirement, rec: RunRecord, samples_ms: np.ndarray | None) -> Check:

@@ -47,6 +47,16 @@ def _passes(n: int, p: float, t: int, confidence: float) -> bool:
     return bool(_log_cdf(n, 1.0 - p, t)[t] <= math.log1p(-confidence))
 
 
+def over_with_confidence(n: int, late: int, p: float, confidence: float = CONFIDENCE) -> bool:
+    """Whether `late` of `n` queries over a latency show the `p` percentile above it at
+    `confidence`: P(X >= late) <= 1 - confidence for X ~ Binomial(n, 1 - p), the most a
+    percentile within that latency allows (the same binomial law as the early-stopping bound,
+    from the other side). False when no query is late."""
+    if late <= 0 or n <= 0:
+        return False
+    return bool(_log_cdf(n, 1.0 - p, late - 1)[late - 1] >= math.log(confidence))
+
+
 @functools.cache
 def min_count(p: float, confidence: float = CONFIDENCE) -> int:
     """The fewest queries for which the early-stopping bound of the `p` percentile exists at
