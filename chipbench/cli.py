@@ -257,7 +257,12 @@ def _checked_models(cells):
 
 
 def _progress(cell, rec) -> None:
-    """One line per finished cell on stderr."""
+    """One line per finished cell on stderr, naming the precision that ran (a foreign fp16 graph
+    runs as fp16 whatever the cell asked)."""
+    from dataclasses import replace
+
+    if rec.precision and rec.precision != cell.precision:
+        cell = replace(cell, precision=rec.precision)
     if rec.status == "ok":
         color = {"VALID": "green", "NOISY": "yellow"}.get(rec.verdict, "red")
         if rec.latency:

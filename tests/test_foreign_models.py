@@ -263,6 +263,7 @@ def test_15_fp16_graph_is_recorded_as_fp16_and_valid(tmp_path):
     for name in ("ort-cpu", "tvm-llvm"):
         assert by[name]["precision"] == "fp16", why
         assert by[name]["status"] == "ok" and by[name]["verdict"] == "VALID", why
+    assert "[fp16, single-stream]" in proc.stderr and "[fp32," not in proc.stderr  # the progress lines too
 
 
 # --- 18: a sequence-typed output --------------------------------------------------------------
