@@ -408,22 +408,23 @@ def add_summary_and_plots(extras: Extras, records: list[RunRecord], results_dir:
     from chipbench.store import ResultsStore, StoreError
 
     store = ResultsStore(results_dir)
+    decoded: dict[str, object] = {}  # record id -> its raw samples (read from its JSON file once)
 
     def samples_of(rec: RunRecord):
-        try:
-            return store.samples(rec)
-        except StoreError:
-            return None
+        if rec.id not in decoded:
+            try:
+                decoded[rec.id] = store.samples(rec)
+            except StoreError:
+                decoded[rec.id] = None
+        return decoded[rec.id]
 
     extras.summary = summary_rows(records, samples_of)
     curves: dict[str, list] = {}
     for row in extras.summary:
-        for r in records:
-            if (r.workload["name"], r.device_label) == (row.workload, row.device) and r.status == "ok" \
-                    and r.scenario.get("name") == "single-stream" and r.batch == 1 and r.latency:
-                ms = samples_of(r)
-                if ms is not None:
-                    curves.setdefault(row.workload, []).append((f"{r.backend['name']} {r.precision}", ms * 1e3))
+        for r in row.records:
+            ms = samples_of(r)
+            if ms is not None:
+                curves.setdefault(row.workload, []).append((f"{r.backend['name']} {r.precision}", ms * 1e3))
     if curves:
         extras.images["latency"] = report_plots.latency_distributions(curves, results_dir / "latency-distributions")[0]
     sweep = {}

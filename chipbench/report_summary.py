@@ -36,6 +36,7 @@ class SummaryRow:
     speedup: Speedup | None
     stacks_valid: int
     stacks_tried: int
+    records: tuple[RunRecord, ...] = ()  # every single-stream batch-1 record of the workload on the device
 
     @property
     def stack(self) -> str:
@@ -72,7 +73,7 @@ def summary_rows(records: list[RunRecord], samples_of: Callable[[RunRecord], np.
                     and r.verdict in ("VALID", "NOISY")), None)
         rows.append(SummaryRow(workload, device, best, ref, _speedup(ref, best, samples_of),
                                len({(r.backend["name"], r.precision) for r in valid}),
-                               len({(r.backend["name"], r.precision) for r in recs})))
+                               len({(r.backend["name"], r.precision) for r in recs}), tuple(recs)))
     return rows
 
 
