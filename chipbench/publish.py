@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from chipbench.record import RunRecord
+from chipbench.report import most_common
 from chipbench.store import ResultsStore
 
 RESULTS_COLUMNS = ("workload", "scenario", "backend", "device", "precision", "batch", "metric", "value", "unit",
@@ -73,8 +74,8 @@ def system_description(records: list[RunRecord]) -> dict[str, Any]:
     is described and `hosts` lists them all. ValueError when there are no records."""
     if not records:
         raise ValueError("no records to describe")
-    machine = _most_common(r.provenance.get("machine") or {} for r in records)
-    libraries = _most_common(r.provenance.get("libraries") or {} for r in records)
+    machine = most_common(r.provenance.get("machine") or {} for r in records)
+    libraries = most_common(r.provenance.get("libraries") or {} for r in records)
     gpus = Counter(machine.get("gpus") or [])
     accelerators = []
     for text, count in gpus.items():
@@ -97,11 +98,6 @@ def system_description(records: list[RunRecord]) -> dict[str, Any]:
         "hosts": sorted(hosts),
         "records": dict(sorted(hosts.items())),
     }
-
-
-def _most_common(dicts) -> dict:
-    text = Counter(json.dumps(d, sort_keys=True) for d in dicts).most_common(1)[0][0]
-    return json.loads(text)
 
 
 def publish(store: ResultsStore, out: Path) -> list[Path]:

@@ -297,8 +297,8 @@ def environment(records: list[RunRecord]) -> dict[str, str]:
     """The machine and software most records were measured with (differences are listed per run)."""
     if not records:
         return {}
-    m = _most_common(r.provenance["machine"] for r in records)
-    libs = _most_common(r.provenance["libraries"] for r in records)
+    m = most_common(r.provenance["machine"] for r in records)
+    libs = most_common(r.provenance["libraries"] for r in records)
     env = {
         "CPU": f"{m['cpu_model']} ({m['cores']} cores, {m.get('arch', '')})",
         "ISA": " ".join(m["isa"]) or "–",
@@ -316,8 +316,8 @@ def environment_line(records: list[RunRecord]) -> str:
     the versions of the runtimes measured."""
     if not records:
         return ""
-    m = _most_common(r.provenance["machine"] for r in records)
-    libs = _most_common(r.provenance["libraries"] for r in records)
+    m = most_common(r.provenance["machine"] for r in records)
+    libs = most_common(r.provenance["libraries"] for r in records)
     for r in records:  # a backend's own runtime (e.g. openvino) is in its versions, not the libraries
         libs.update({k: v for k, v in (r.backend.get("versions") or {}).items() if k not in libs})
     shown = ", ".join(f"{k} {v}" for k, v in sorted(libs.items()) if k in RUNTIME_LIBRARIES)
@@ -328,7 +328,9 @@ def environment_line(records: list[RunRecord]) -> str:
 RUNTIME_LIBRARIES = ("onnxruntime", "openvino", "torch", "apache-tvm", "onnx")
 
 
-def _most_common(dicts) -> dict:
+def most_common(dicts) -> dict:
+    """The dict that occurs most often among `dicts` (compared as sorted JSON): the machine or
+    library versions most records were measured with."""
     text = Counter(json.dumps(d, sort_keys=True) for d in dicts).most_common(1)[0][0]
     return json.loads(text)
 
