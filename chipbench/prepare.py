@@ -7,6 +7,7 @@ compiler sees ahead of time, and TVM schedules static shapes far better than sym
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import json
 from dataclasses import dataclass
@@ -39,9 +40,9 @@ class Prepared:
 
 
 def export_key(workload, batch: int) -> dict:
-    import torch
-
-    return {"workload": workload.key(), "batch": batch, "torch": torch.__version__,
+    """The exact key of one export: workload, batch, torch version (read from the installed
+    package's metadata, so a cache hit never imports torch), exporter and opset."""
+    return {"workload": workload.key(), "batch": batch, "torch": importlib.metadata.version("torch"),
             "exporter": EXPORTER, "opset": OPSET, "dynamic_axes": None}
 
 

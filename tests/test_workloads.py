@@ -58,6 +58,20 @@ def test_listing_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
 
 
+def test_export_cache_key_imports_no_torch():
+    """A cell on an ONNX backend finds its cached export without importing torch (1-2 s a cell),
+    and the key names the torch version that made the export, as `torch.__version__` says it."""
+    import torch
+
+    from chipbench.prepare import export_key
+
+    assert export_key(get_workload("sensor-ae"), 1)["torch"] == torch.__version__
+    code = ("import sys; from chipbench.prepare import export_key; from chipbench.workloads.base import get_workload;"
+            "export_key(get_workload('sensor-ae'), 1); assert 'torch' not in sys.modules, 'torch imported'")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
 def test_unknown_workload():
     with pytest.raises(KeyError, match="unknown workload"):
         get_workload("no-such-workload")
