@@ -33,6 +33,7 @@ from chipbench.recording import measured_fields
 from chipbench.resources import PinError, ResourceLog, apply_pin, cpu_use
 from chipbench.scenario_run import run_cell_scenario
 from chipbench.scenarios import batch_for
+from chipbench.speed import speed_dict, speed_rule, try_speed
 from chipbench.suite import Cell
 from chipbench.taskeval import calibration_for, task_accuracy
 from chipbench.validity import measurement_rule
@@ -202,7 +203,9 @@ def coverage(ops: dict[str, int], status: str, failed_ops: tuple[str, ...] = ())
     return {"ops": ops, "status": per_op}
 
 
-def execute(cell: Cell) -> RunRecord:
+def execute(cell: Cell, calibrated_s: float | None = None) -> RunRecord:
+    """Prepare, compile, measure and judge one cell. `calibrated_s`: the machine-speed rule's
+    calibration from this machine's device profile (chipbench.speed), None where there is none."""
     backend = None
     try:
         backend = get_backend(cell.backend)
@@ -269,7 +272,8 @@ def execute(cell: Cell) -> RunRecord:
     try:
         if cell.profile_runs:
             return _profile(cell, prep, compiled, ran, compile_info)
-        return _measure(cell, prep, compiled, ran, compile_info, coverage(ops, "ran") if ops else None, log)
+        return _measure(cell, prep, compiled, ran, compile_info, coverage(ops, "ran") if ops else None, log,
+                        calibrated_s)
     except Exception as exc:
         return base_record(cell, "failed", f"run: {one_line(exc)}", **ran, compile=compile_info,
                            coverage=coverage(ops, "failed") if ops else None)
@@ -294,10 +298,10 @@ def _profile(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_inf
 
 
 def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_info, ops_coverage,
-             log: ResourceLog | None = None):
+             log: ResourceLog | None = None, calibrated_s: float | None = None):
     """Time the compiled model as the cell's scenario says and make its record: the first run
-    (cold, timed apart), the task metric, the machine's load just before and after the timed
-    run (outside it), CPU use over it, and the verdict from the named rules."""
+    (cold, timed apart), the task metric, the machine's load and the CPU's speed just before
+    and after the timed run (outside it), CPU use over it, and the verdict from the named rules."""
     log = log or ResourceLog(pin=cell.pin, threads_requested=cell.threads)
     inputs = prep.prepared.inputs
     start = time.perf_counter()
@@ -307,18 +311,24 @@ def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_inf
     if prep.workload is not None and prep.workload.task_metric and cell.task_samples > 0:
         task = task_accuracy(compiled.run, prep.workload, prep.batch, cell.task_samples)
     judge_quiet = cell.settings.quiet_cores is not None
+    # the load window first: the cell's own thread pools stop spinning before the speed check
     before = try_sample() if judge_quiet else None
+    speed_before = try_speed(calibrated_s) if judge_quiet else None
     with cpu_use() as cpu:
         timed = run_cell_scenario(cell, prep, compiled, ran["provenance"].get("device"))
     after = try_sample() if judge_quiet else None
+    speed_after = try_speed(calibrated_s) if judge_quiet else None
     log.cpu = cpu
-    log.machine_load = machine_load_dict(before, after, cell.settings.quiet_cores) if judge_quiet else None
+    if judge_quiet:
+        log.machine_load = {**machine_load_dict(before, after, cell.settings.quiet_cores),
+                            "speed": speed_dict(speed_before, speed_after, calibrated_s)}
     quiet = quiet_rule(before, after, cell.settings.quiet_cores)
+    speed = speed_rule(speed_before, speed_after, judge_quiet)
     meter = timed.meter
     scenario = {"name": cell.scenario, "settings": cell.settings.to_dict(), "loadgen": timed.loadgen}
     measured = measured_fields(timed.samples_s, prep.batch, outputs, prep.prepared.reference, prep.tolerance,
                                vars(prep.tolerance), seed=cell.seed, task=task,
-                               rules=[measurement_rule(timed.stop_note), quiet], scenario=scenario)
+                               rules=[measurement_rule(timed.stop_note), quiet, speed], scenario=scenario)
     measured["latency"] = replace(measured["latency"], **timed.latency_extra)
     if timed.throughput:
         measured["throughput"] = timed.throughput
@@ -362,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     cell_path, out_path = (argv or sys.argv[1:])[:2]
     job = json.loads(Path(cell_path).read_text())
     cell = Cell.from_dict(job["cell"])
-    record = execute(cell)
+    record = execute(cell, (job.get("context", {}).get("device_profile") or {}).get("reference_loop_s"))
     if record.device_id == "cpu":  # this host's measured ceilings describe this host's CPU only
         record.provenance.setdefault("device_profile", job.get("context", {}).get("device_profile"))
     atomic_write_text(Path(out_path), record.to_json())

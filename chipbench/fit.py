@@ -14,7 +14,8 @@ The verdict is a list of checks, each `met`, `failed` or `not proven`:
   construction as LoadGen's early stopping, `loadgen/early_stopping.cc`, turned the other way).
   Not proven otherwise: too few queries (n below 64 for p90, 662 for p99, 6,636 for p99.9), a
   sample value within the deadline whose bound is not, or a miss measured while other work kept
-  the machine busy (the record's machine-quiet rule failed, chipbench.quiet): contention only
+  the machine busy or its CPU ran slower than calibrated (the record's machine-quiet or
+  machine-speed rule failed, chipbench.quiet, chipbench.speed): contention only
   adds latency, so a deadline met beside it stands, and a deadline missed beside it is not proof.
 - accuracy: the task metric as a share of the FP32 model's (`percent_of_fp32`; the record's
   `accuracy.task.ratio`, which is value / reference, or reference / value where lower is better,
@@ -39,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from chipbench.validity import QUIET
+from chipbench.validity import SOFT_RULES
 from chipbench.record import RunRecord
 from chipbench.requirement import Requirement
 from chipbench.scenarios import MeasureSettings
@@ -261,13 +262,13 @@ def measured_arrival(rec: RunRecord) -> dict[str, Any] | None:
 
 
 def busy_machine(rec: RunRecord) -> str | None:
-    """Why the record's machine-quiet rule failed (other work kept cores busy during the timed
-    run, chipbench.quiet), or None when it passed, was not judged, or is absent."""
+    """Why the record's machine rules failed (machine-quiet: other work kept cores busy during
+    the timed run, chipbench.quiet; machine-speed: the CPU ran slower than calibrated,
+    chipbench.speed), or None when they passed, were not judged, or are absent."""
     for rule in rec.validity or []:
-        if rule.get("rule") == QUIET and rule.get("passed") is False:
+        if rule.get("rule") in SOFT_RULES and rule.get("passed") is False:
             reason = rule.get("reason") or ""
-            reason = reason.split(" (> quiet_cores")[0].removeprefix("machine busy: ")
-            return reason or "machine busy"
+            return reason.split(" (> ")[0].removeprefix("machine busy: ") or rule.get("rule")
     return None
 
 

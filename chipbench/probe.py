@@ -242,7 +242,10 @@ def measure_ceilings(quick: bool = False) -> DeviceProfile:
         torch.set_num_threads(threads)
     theory, assumptions = theoretical_peaks(machine)
     per_cycle, _ = fp32_flops_per_cycle(machine)
+    from chipbench.speed import calibrate
+
     details.update(
+        reference_loop_s=calibrate(),  # the machine-speed rule's calibration (chipbench.speed)
         skipped=skipped,
         per_core_fp32_gflops=per_core_fp32(n // 2, repeats),
         loadavg_1m=os.getloadavg()[0],  # > cores: other processes shared the machine

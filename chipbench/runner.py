@@ -129,7 +129,8 @@ def device_summary(results_dir: Path, device: dict | None = None) -> dict | None
     if profile is None:
         return None
     return {"key": profile.key, "peak_gflops": profile.peak_gflops, "bandwidth_gbps": profile.bandwidth_gbps,
-            "measured_at": profile.measured_at, "quick": profile.quick}
+            "measured_at": profile.measured_at, "quick": profile.quick,
+            "reference_loop_s": profile.details.get("reference_loop_s")}
 
 
 @contextmanager

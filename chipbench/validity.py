@@ -6,8 +6,9 @@ queries, early stopping, latency bound). The verdict of a measured cell is
 - INVALID when any correctness or measurement rule fails (accuracy gates, accuracy during the
   timed run, minimum count and duration, the tail estimate the scenario rests on, LoadGen's own
   verdict);
-- NOISY when only the machine-quiet rule fails (the figures may be true of a busy machine and
-  not of this backend: measure again on a quiet one);
+- NOISY when only the machine rules fail (machine-quiet: other processes were busy;
+  machine-speed: the CPU ran slower than calibrated. The figures may be true of a busy machine
+  and not of this backend: measure again on a quiet one);
 - VALID otherwise.
 
 Rules that derive from what a record already holds (`accuracy`, `latency.tails`,
@@ -36,9 +37,10 @@ MIN_COUNT_DURATION = "min-count-duration"
 TAIL = "tail-estimate"
 LOADGEN = "loadgen"
 QUIET = "machine-quiet"
+SPEED = "machine-speed"
 
 # a failure of these makes a cell NOISY, not INVALID: they speak of the machine, not the backend
-SOFT_RULES = frozenset({QUIET})
+SOFT_RULES = frozenset({QUIET, SPEED})
 # these are recomputed from the record's own fields each time it is judged
 DERIVED_RULES = frozenset({FIDELITY, TASK, TIMED_ACCURACY, TAIL, LOADGEN})
 

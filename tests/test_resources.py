@@ -98,7 +98,8 @@ def test_a_real_cell_records_its_resources_pinned_and_threaded():
         assert 0 <= sample["others_cores"] <= sample["cores"] and sample["window_s"] > 0
     rules = {v["rule"]: v["passed"] for v in rec.validity}
     assert rules == {"accuracy-fidelity": True, "accuracy-task": True, "min-count-duration": True,
-                     "machine-quiet": True, "loadgen": True, "accuracy-timed-run": True, "tail-estimate": True}
+                     "machine-quiet": True, "machine-speed": True, "loadgen": True, "accuracy-timed-run": True,
+                     "tail-estimate": True}
     # unpinned and quiet check off: every allowed CPU, and nothing sampled
     rec = run_cell(replace(cell, pin=None, threads=None, task_samples=0,
                            settings=replace(settings, quiet_cores=None)))
