@@ -130,6 +130,7 @@ def run(
     pin: Annotated[Optional[str], typer.Option("--pin", help="CPUs each cell runs on, e.g. 0,1 or 0-3 (recorded with the threads).")] = None,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Run every cell this many times, each in a fresh process, in rounds; `compare` then sees run-to-run noise (3 or more).")] = 1,
     no_transfer: Annotated[bool, typer.Option("--no-transfer", help="tvm-llvm-tuned: only a database tuned for this exact target, none transferred from another CPU's.")] = False,
+    retry_noisy: Annotated[int, typer.Option("--retry-noisy", min=0, help="Measure a NOISY cell (busy machine or slowed CPU) again, up to this many times, after the sweep; every record is kept, the report shows the newest.")] = 0,
 ) -> None:
     """Run cells (from flags or a suite), store a record per cell, then write the report.
 
@@ -179,7 +180,9 @@ def run(
         todo = [c for c in cells if canonical(c.to_dict()) not in done]
         err.print(f"resume: {len(cells) - len(todo)} of {len(cells)} cell(s) already measured")
         cells = todo
-    records = sweep(cells, store, repeat)
+    if repeat > 1 and retry_noisy:
+        fail("--retry-noisy goes with single invocations: with --repeat, `compare` weighs the noise of each")
+    records = sweep(cells, store, repeat, retry_noisy)
     if report:
         _write_report(store, results_dir / "report.md", results_dir / "report.html")
     if any(r.status == "failed" for r in records):
@@ -201,9 +204,11 @@ def open_store(results_dir: Path):
     return store
 
 
-def sweep(cells, store, repeat: int = 1) -> list:
+def sweep(cells, store, repeat: int = 1, retry_noisy: int = 0) -> list:
     """Run `cells` into `store` (`repeat` invocations each), a line per finished cell; a record that cannot be stored or a
-    signal ends the CLI with one line (exit 1, or 128 + the signal), keeping what finished."""
+    signal ends the CLI with one line (exit 1, or 128 + the signal), keeping what finished. Then the
+    cells whose newest record is NOISY run again, up to `retry_noisy` times each (the machine, not
+    the backend, spoilt them; the earlier records stay). Returns every record made."""
     from chipbench.runner import Interrupted, run_cells
     from chipbench.store import StoreError
 
@@ -211,13 +216,24 @@ def sweep(cells, store, repeat: int = 1) -> list:
     err.print(f"chipbench: {len(cells)} cell(s){times} → {store.root}/")
     from chipbench.progress import sweep_progress
 
+    newest: dict[int, object] = {}  # id(cell) -> its newest record
+
     def done(cell, rec) -> None:
+        newest[id(cell)] = rec
         _progress(cell, rec)
         advance()
 
     try:
         with sweep_progress(err, len(cells) * repeat) as advance:
-            return run_cells(cells, store, on_done=done, repeat=repeat)
+            records = run_cells(cells, store, on_done=done, repeat=repeat)
+        for _ in range(retry_noisy):
+            noisy = [c for c in cells if getattr(newest.get(id(c)), "verdict", None) == "NOISY"]
+            if not noisy:
+                break
+            err.print(f"chipbench: {len(noisy)} NOISY cell(s) measured again (--retry-noisy)")
+            with sweep_progress(err, len(noisy)) as advance:
+                records += run_cells(noisy, store, on_done=done)
+        return records
     except StoreError as exc:
         fail(f"{exc}; the sweep stopped, the record waits in {store.incoming_dir}/ for the next run", code=1)
     except Interrupted as exc:

@@ -209,6 +209,29 @@ def test_repeat_runs_every_cell_again_in_rounds_and_compare_reads_the_invocation
     assert {(c["runs_base"], c["runs_new"], c["between_runs"]) for c in cells} == {(2, 2, True)}
 
 
+def test_retry_noisy_measures_a_noisy_cell_again_and_keeps_both_records(tmp_path, monkeypatch):
+    """A device profile whose calibration no CPU can match makes every cell NOISY (machine-speed):
+    --retry-noisy 1 runs each once more, both records stay, and the newest is what `latest` shows."""
+    from chipbench.probe import measure_ceilings, save_profile
+    from chipbench.store import ResultsStore
+
+    res = tmp_path / "res"
+    profile = measure_ceilings(quick=True)
+    profile.details["reference_loop_s"] = 1e-12
+    save_profile(profile, res)
+    monkeypatch.setenv("CHIPBENCH_QUIET_CORES", "1000")  # judged, and no machine is that busy
+    proc = cli("run", "-w", "tiny-mlp", "-b", "ort-cpu", *FAST, "--no-report", "--retry-noisy", "1",
+               "--results-dir", res)
+    assert "1 NOISY cell(s) measured again" in proc.stderr
+    recs = sorted(records(res), key=lambda r: r["created"])
+    assert [r["verdict"] for r in recs] == ["NOISY", "NOISY"]
+    assert {r["rule"] for rec in recs for r in rec["validity"] if not r["passed"]} == {"machine-speed"}
+    assert [r.id for r in ResultsStore(res).latest()] == [recs[-1]["id"]]
+    bad = cli("run", "-w", "tiny-mlp", "-b", "null", "--repeat", "2", "--retry-noisy", "1", "--results-dir", res,
+              check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --retry-noisy goes with single invocations")
+
+
 def test_a_suite_includes_another_with_its_own_defaults_and_refuses_a_cycle(tmp_path):
     from chipbench.scenarios import MeasureSettings
     from chipbench.suite import SuiteError, load_suite
