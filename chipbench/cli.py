@@ -383,7 +383,15 @@ def probe(
     from chipbench.probe import load_profile, measure_ceilings, save_profile
 
     probe_gpus(results_dir, quick=quick, if_missing=if_missing, note=lambda s: err.print(s, markup=False))  # no GPU: nothing
-    if if_missing and load_profile(results_dir) is not None:
+    saved = load_profile(results_dir) if if_missing else None
+    if saved is not None:
+        if saved.details.get("reference_loop_s") is None:  # measured before the machine-speed rule
+            from chipbench.speed import calibrate
+
+            saved.details["reference_loop_s"] = calibrate()
+            save_profile(saved, results_dir)
+            err.print("device profile already measured for this machine; its CPU speed calibration added")
+            return
         err.print("device profile already measured for this machine (drop --if-missing to measure again)")
         return
 

@@ -49,6 +49,21 @@ def test_quick_ceilings_round_trip(tmp_path):
     assert profile.key in path.name
     assert load_profile(tmp_path) == profile
     assert load_profile(tmp_path, ZEN4) is None  # another machine's key: nothing saved
+    assert profile.details["reference_loop_s"] > 0  # the machine-speed rule's calibration (chipbench.speed)
+
+
+def test_probe_if_missing_adds_the_speed_calibration_to_an_older_profile(tmp_path):
+    import subprocess
+    import sys
+
+    profile = measure_ceilings(quick=True)
+    del profile.details["reference_loop_s"]
+    save_profile(profile, tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "chipbench.cli", "probe", "--if-missing", "--results-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "calibration added" in " ".join(proc.stderr.split())
+    again = load_profile(tmp_path)
+    assert again.details["reference_loop_s"] > 0 and again.peak_gflops == profile.peak_gflops  # nothing re-measured
 
 
 def test_roofline_placement():
