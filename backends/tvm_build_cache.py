@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from chipbench.paths import atomic_write_text, cache_dir, sha256_file
@@ -96,6 +97,25 @@ def store(key: dict[str, Any], exe: Any, build_s: float, pipeline: str) -> Build
         shutil.move(str(built), str(folder / LIBRARY))
     atomic_write_text(folder / META, json.dumps({"key": key, "build_s": build_s, "pipeline": pipeline}, indent=1))
     return BuildCacheEntry(folder, False, build_s, pipeline)
+
+
+def remembered(name: str, key: dict[str, Any], compute: Callable[[], Any]) -> tuple[Any, bool]:
+    """(value, hit): `compute()`'s JSON-ready result for exactly `key`, kept as `name`.json in the
+    key's cache folder (what a build of those inputs implies, e.g. which tasks a tuning database
+    schedules), so a later cell reads it instead of working it out again. Computed every time
+    when the cache is off."""
+    if not enabled():
+        return compute(), False
+    path = _folder(key) / f"{name}.json"
+    try:
+        kept = json.loads(path.read_text())
+        if kept.get("key") == key:
+            return kept["value"], True
+    except (OSError, ValueError, KeyError):
+        pass
+    value = compute()
+    atomic_write_text(path, json.dumps({"key": key, "value": value}, indent=1))
+    return value, False
 
 
 def load(entry: BuildCacheEntry) -> Any:

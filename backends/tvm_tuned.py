@@ -27,8 +27,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from chipbench.backends import tvm_build_cache as build_cache
 from chipbench.backends.base import Compiled, CompileSpec, ModelSource, Unsupported, register, require_precision
 from chipbench.backends.tvm import TvmLlvm
+from chipbench.paths import sha256_file
 
 
 @register("tvm-llvm-tuned")
@@ -87,9 +89,16 @@ class TvmLlvmTuned(TvmLlvm):
 
         start = time.perf_counter()
         tuning.load_cpu_intrinsics()  # records may replay x86 tensorize steps
-        mod, _ = import_onnx(source.onnx_path)
         tvm_target = tvm.target.Target(target)
-        cov = tuning.coverage(fuse(mod, tvm_target, prepack), tvm_target, database)
+
+        def coverage() -> dict:
+            mod, _ = import_onnx(source.onnx_path)
+            return tuning.coverage(fuse(mod, tvm_target, prepack), tvm_target, database)
+
+        # the check extracts every task (seconds): kept with the build of exactly these inputs
+        key = {**build_cache.build_key(source.onnx_path, tvm_target, tuning.records_digest(database), prepack),
+               "coverage_recipe_sha256": sha256_file(Path(tuning.__file__).with_name("tasks.py"))}
+        cov, cov_cached = build_cache.remembered("coverage", key, coverage)
         check_s = time.perf_counter() - start
         if cov["tasks_with_record"] == 0:
             dropped = f", {transferred['records_dropped']} record(s) dropped in transfer" if transferred else ""
@@ -116,6 +125,7 @@ class TvmLlvmTuned(TvmLlvm):
             "tasks_without_record": cov["tasks_without_record"],
             "failed_tasks": sorted(meta.get("failed_tasks", {})),
             "coverage_check_s": check_s,
+            "coverage_cached": cov_cached,
             # The tuner's own measurements, so that a report can draw what tuning bought.
             "tuning_curve": [{k: point.get(k) for k in ("trials", "tuning_s", "latency_ms")}
                              for point in tuning.read_curve(folder) if point.get("latency_ms") is not None],

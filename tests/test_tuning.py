@@ -116,6 +116,11 @@ def test_tuned_backend_compiles_with_the_database_and_matches_the_reference(tune
     assert d["trials"] == d["records"] == second.trials and d["tuning_s"] == pytest.approx(second.tuning_s)
     assert d["tasks_found"] == d["tasks_with_record"] == d["tasks_applied"] == 2
     assert compiled.tuning_db and "metaschedule" in compiled.pipeline and "weight prepack" in compiled.pipeline
+    # the coverage check (every task extracted) is kept with the build: a second cell reads it
+    again = get_backend("tvm-llvm-tuned").compile(source, CompileSpec(tuning_db=results / "tuning"))
+    assert again.details["coverage_cached"]
+    assert {k: again.details[k] for k in ("tasks_found", "tasks_applied", "tasks_without_record")} == \
+        {k: d[k] for k in ("tasks_found", "tasks_applied", "tasks_without_record")}
 
 
 def test_a_database_tuned_without_weight_prepacking_builds_without_it(tuned, tmp_path):
