@@ -11,7 +11,6 @@ stains (large, smooth, low-contrast tinted blotches). Each defect also yields it
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 NAME = "steel-surface"
 VERSION = "2"
@@ -19,6 +18,8 @@ CLASSES = ("ok", "scratch", "pit", "inclusion", "crack", "stain")
 
 
 def _texture(rng: np.random.Generator, s: int) -> np.ndarray:
+    from scipy import ndimage  # here, as in _defect: a cached split needs no scipy (seconds to import)
+
     grain = ndimage.gaussian_filter(rng.normal(size=(s, s)), sigma=(s * 0.004 + 0.3, s * 0.03))
     blotch = ndimage.gaussian_filter(rng.normal(size=(s, s)), sigma=s * 0.06)
     img = 0.5 + 0.06 * grain / (grain.std() + 1e-9) + 0.03 * blotch / (blotch.std() + 1e-9)
@@ -37,6 +38,8 @@ def _segment_dist(s: int, p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
 
 def _defect(rng: np.random.Generator, s: int, c: str) -> tuple[np.ndarray, np.ndarray, float]:
     """(intensity delta [s,s], binary mask [s,s], blue-channel tint factor)."""
+    from scipy import ndimage
+
     yy, xx = np.mgrid[0:s, 0:s].astype(float)
     tint = 1.0
     if c == "scratch":
