@@ -120,8 +120,10 @@ def _child(request: dict, server_pid: int, close_fds: list[int]) -> None:
         import numpy as np
 
         np.random.seed()  # a fresh interpreter's global generator is seeded from the OS too
+        import chipbench.cell
         from chipbench.cell import main
 
+        sys.argv = [chipbench.cell.__file__, request["cell"], request["out"]]  # as `python -m chipbench.cell` has it
         rc = main([request["cell"], request["out"]])
         rc = rc if isinstance(rc, int) else 0
     except SystemExit as exc:
@@ -191,18 +193,22 @@ class _Server:
                 self.start(line)
 
     def start(self, line: bytes) -> None:
+        request: dict = {}
         try:
             request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
             for field in ("cell", "out", "err", "cwd"):
                 if not isinstance(request.get(field), str):
                     raise ValueError(f"request has no '{field}'")
         except ValueError as exc:
-            self.say({"id": None, "error": str(exc)})
+            self.say({"id": request.get("id") if isinstance(request, dict) else None, "error": str(exc)})
             return
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
+            self.selector.close()
             _child(request, os.getppid(), [self.wake_r, self.wake_w])
         self.children.add(pid)
         self.say({"id": request.get("id"), "pid": pid})
