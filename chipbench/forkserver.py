@@ -146,8 +146,8 @@ def _child(request: dict, server_pid: int, close_fds: list[int]) -> None:
 
 
 class _Server:
-    def __init__(self, preloaded: list[str]) -> None:
-        self.preloaded = preloaded
+    def __init__(self, preloaded: list[str], answers: int) -> None:
+        self.preloaded, self.answers = preloaded, answers
         self.children: set[int] = set()
         self.buffer = b""
         self.eof = False
@@ -163,7 +163,7 @@ class _Server:
     def say(self, message: dict) -> None:
         data = (json.dumps(message) + "\n").encode()
         while data:
-            data = data[os.write(1, data):]
+            data = data[os.write(self.answers, data):]
 
     def serve(self) -> int:
         self.say({"ready": True, "pid": os.getpid(), "preloaded": self.preloaded})
@@ -209,7 +209,7 @@ class _Server:
         pid = os.fork()
         if pid == 0:
             self.selector.close()
-            _child(request, os.getppid(), [self.wake_r, self.wake_w])
+            _child(request, os.getppid(), [self.wake_r, self.wake_w, self.answers])
         self.children.add(pid)
         self.say({"id": request.get("id"), "pid": pid})
 
@@ -247,9 +247,11 @@ class _Server:
 def main() -> int:
     """Entry point: `python -P -m chipbench.forkserver` (requests on stdin, answers on stdout)."""
     watch_runner()
+    answers = os.dup(1)  # the runner's pipe carries answers only: what libraries print goes to stderr
+    os.dup2(2, 1)
     preloaded = preload()
     try:
-        return _Server(preloaded).serve()
+        return _Server(preloaded, answers).serve()
     except BrokenPipeError:  # the runner is gone
         return 0
 

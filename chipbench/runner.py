@@ -110,8 +110,8 @@ def _wait_forked(cell: Cell, proc: ForkedCell, out_file: Path, err_file: Path) -
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         return _failed(cell, f"timed out after {cell.timeout_s:g} s (killed)")
-    except ForkServerError:
-        return None
+    except ForkServerError:  # its cell died with it, unless it had written its record first
+        return _outcome(cell, -signal.SIGKILL, out_file, err_file) if out_file.exists() else None
     finally:
         _kill_group(proc)
         with _live_lock:
