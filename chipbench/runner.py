@@ -6,6 +6,11 @@ SIGINT or SIGTERM of the CLI kills the running cell's process group, and a cell 
 dies any other way (SIGKILL) is told so by the kernel and kills its own group
 (chipbench.cell.die_with_parent). A cell starts isolated from the user's folder: its working
 directory is a private temporary folder and `python -P` keeps that folder off `sys.path`.
+
+A sweep's cells are forked, by default, from a fork server started once per round
+(chipbench.forkserver: the harness and the runtimes imported once), with every property above
+kept; CHIPBENCH_FORKSERVER=0 execs a fresh interpreter per cell instead. Each record says which
+in provenance.launch.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from chipbench.fleet import fleet_key, spread
+from chipbench.forkclient import ForkedCell, ForkServer, ForkServerError, enabled as forkserver_enabled
 from chipbench.record import RunRecord
 from chipbench.store import ResultsStore, incoming_path
 from chipbench.suite import Cell
@@ -38,36 +44,154 @@ class Interrupted(Exception):
         self.signum, self.done = signum, done
 
 
-_live: set[subprocess.Popen] = set()
+_live: set[subprocess.Popen | ForkedCell] = set()
+_servers: set[ForkServer] = set()
+_stopping = threading.Event()  # set while kill_live_cells takes the cells down
 _live_lock = threading.Lock()
 
 
-def run_isolated(cell: Cell, out_file: Path, env: dict[str, str], context: dict | None = None) -> RunRecord:
-    """Run one cell in a fresh interpreter that writes its record to `out_file`; turn any
-    abnormal end into a failed record. `context` travels with the cell (e.g. the device profile)."""
+def run_isolated(cell: Cell, out_file: Path, env: dict[str, str], context: dict | None = None,
+                 server: RoundServers | None = None, round_index: int = 0) -> RunRecord:
+    """Run one cell in a process of its own that writes its record to `out_file`; turn any
+    abnormal end into a failed record. `context` travels with the cell (e.g. the device profile).
+    The process is forked by round `round_index`'s fork server of `server` (chipbench.forkserver)
+    when there is one that answers, else a fresh interpreter (`python -P -m chipbench.cell`);
+    the record's provenance.launch says which: {"method": "fork-server" | "exec", "preloaded"}."""
     with tempfile.TemporaryDirectory(prefix="chipbench-cell-") as tmp:
         cell_file, err_file = Path(tmp, "cell.json"), Path(tmp, "stderr")
         cell_file.write_text(json.dumps({"cell": cell.to_dict(), "context": context or {}}))
-        with open(err_file, "w") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "chipbench.cell", str(cell_file), str(out_file)],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
-                cwd=tmp, env={**env, PARENT_ENV: str(os.getpid())},
-            )
+        # a pinned cell execs: torch fixes its default thread count from the CPUs it may use when
+        # it loads, so one loaded before the pin would see the server's CPUs (chipbench.forkserver)
+        forkable = server is not None and cell.pin is None
+        forked = server.spawn(round_index, cell_file, out_file, err_file, Path(tmp)) if forkable else None
+        if forked is not None:
+            proc, launch = forked
+            record = _wait_forked(cell, proc, out_file, err_file)
+            if record is None:  # the server died under the cell: run it again the usual way
+                server.broken(round_index)
+                if _stopping.is_set():  # killed with the sweep: nothing more runs
+                    return _failed(cell, "stopped with the sweep")
+                return run_isolated(cell, out_file, env, context)
+        else:
+            launch = {"method": "exec", "preloaded": []}
+            record = _run_exec(cell, cell_file, out_file, err_file, env, tmp)
+    record.provenance["launch"] = launch
+    return record
+
+
+def _run_exec(cell: Cell, cell_file: Path, out_file: Path, err_file: Path, env: dict[str, str],
+              tmp: str) -> RunRecord:
+    with open(err_file, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "chipbench.cell", str(cell_file), str(out_file)],
+            stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
+            cwd=tmp, env={**env, PARENT_ENV: str(os.getpid())},
+        )
+        with _live_lock:
+            _live.add(proc)
+        try:
+            proc.wait(timeout=cell.timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return _failed(cell, f"timed out after {cell.timeout_s:g} s (killed)")
+        finally:
+            _kill_group(proc)  # whatever the cell left behind in its group goes with it
             with _live_lock:
-                _live.add(proc)
-            try:
-                proc.wait(timeout=cell.timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                return _failed(cell, f"timed out after {cell.timeout_s:g} s (killed)")
-            finally:
-                _kill_group(proc)  # whatever the cell left behind in its group goes with it
-                with _live_lock:
-                    _live.discard(proc)
-        if out_file.exists():
-            return RunRecord.from_dict(json.loads(out_file.read_text()))
-        return _failed(cell, _crash_reason(proc.returncode, err_file.read_text(errors="replace")))
+                _live.discard(proc)
+    return _outcome(cell, proc.returncode, out_file, err_file)
+
+
+def _wait_forked(cell: Cell, proc: ForkedCell, out_file: Path, err_file: Path) -> RunRecord | None:
+    """As _run_exec, for a cell the fork server started; None when the server died first."""
+    with _live_lock:
+        _live.add(proc)
+    try:
+        proc.wait(timeout=cell.timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return _failed(cell, f"timed out after {cell.timeout_s:g} s (killed)")
+    except ForkServerError:  # its cell died with it, unless it had written its record first
+        return _outcome(cell, -signal.SIGKILL, out_file, err_file) if out_file.exists() else None
+    finally:
+        _kill_group(proc)
+        with _live_lock:
+            _live.discard(proc)
+    return _outcome(cell, proc.returncode, out_file, err_file)
+
+
+def _outcome(cell: Cell, returncode: int, out_file: Path, err_file: Path) -> RunRecord:
+    if out_file.exists():
+        return RunRecord.from_dict(json.loads(out_file.read_text()))
+    return _failed(cell, _crash_reason(returncode, err_file.read_text(errors="replace")))
+
+
+class RoundServers:
+    """One fork server per round of a sweep (chipbench.forkserver), started when the round's
+    first cell asks for it and closed when its last cell is done, so every invocation of
+    `--repeat` comes from a server (an address-space layout) of its own. A server that cannot
+    be started or stops answering sends that cell and the rest of its round to exec."""
+
+    def __init__(self, env: dict[str, str], cells_per_round: int) -> None:
+        self.env = {**env, PARENT_ENV: str(os.getpid())}
+        self.left: dict[int, int] = {}
+        self.cells_per_round = cells_per_round
+        self.servers: dict[int, ForkServer | None] = {}
+        self.lock = threading.Lock()
+
+    def _server(self, i: int) -> ForkServer | None:
+        with self.lock:
+            if i not in self.servers:
+                try:
+                    self.servers[i] = ForkServer.start(self.env)
+                except ForkServerError:
+                    self.servers[i] = None
+                if self.servers[i] is not None:
+                    with _live_lock:
+                        _servers.add(self.servers[i])
+            return self.servers[i]
+
+    def spawn(self, i: int, cell_file: Path, out_file: Path, err_file: Path, cwd: Path):
+        """(ForkedCell, launch) from round `i`'s server, or None: exec this cell."""
+        server = self._server(i)
+        if server is None:
+            return None
+        try:
+            proc = server.spawn(cell_file, out_file, err_file, cwd)
+        except ForkServerError:
+            self.broken(i)
+            return None
+        return proc, {"method": "fork-server", "preloaded": server.preloaded, "server_pid": server.pid}
+
+    def broken(self, i: int) -> None:
+        """Round `i` execs its cells from now on; its server is killed."""
+        with self.lock:
+            server, self.servers[i] = self.servers.get(i), None
+        if server is not None:
+            _close_server(server, kill=True)
+
+    def done(self, i: int) -> None:
+        """One cell of round `i` is done: the server goes with the round's last cell."""
+        with self.lock:
+            self.left[i] = self.left.get(i, self.cells_per_round) - 1
+            server = self.servers.get(i) if self.left[i] <= 0 else None
+            if server is not None:
+                self.servers[i] = None
+        if server is not None:
+            _close_server(server)
+
+    def close(self) -> None:
+        """Stop every server still running."""
+        with self.lock:
+            servers = [s for s in self.servers.values() if s is not None]
+            self.servers = {i: None for i in self.servers}
+        for server in servers:
+            _close_server(server)
+
+
+def _close_server(server: ForkServer, kill: bool = False) -> None:
+    server.kill() if kill else server.close()
+    with _live_lock:
+        _servers.discard(server)
 
 
 def run_cell(cell: Cell) -> RunRecord:
@@ -88,20 +212,30 @@ def cell_environment() -> dict[str, str]:
     return env
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen | ForkedCell) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    proc.wait()
+    try:
+        proc.wait(timeout=30)
+    except (subprocess.TimeoutExpired, ForkServerError):  # a forked cell whose server is gone died with it
+        pass
 
 
 def kill_live_cells() -> None:
-    """Kill every cell this process started that is still running (and its children)."""
-    with _live_lock:
-        procs = list(_live)
-    for proc in procs:
-        _kill_group(proc)
+    """Kill every cell this process started that is still running (and its children), then the
+    fork servers (chipbench.forkserver) that started any."""
+    _stopping.set()
+    try:
+        with _live_lock:
+            procs, servers = list(_live), list(_servers)
+        for proc in procs:
+            _kill_group(proc)
+        for server in servers:
+            _close_server(server, kill=True)
+    finally:
+        _stopping.clear()
 
 
 def _crash_reason(returncode: int, stderr: str) -> str:
@@ -173,9 +307,15 @@ def run_cells(cells: list[Cell], store: ResultsStore,
     sweep_id = uuid.uuid4().hex[:12]
     jobs = [(cell, i) for i in range(repeat) for cell in cells]
 
+    servers = RoundServers(env, len(cells)) if forkserver_enabled(env) else None
+
     def run_one(job: tuple[Cell, int]) -> tuple[RunRecord, Path]:
         out = incoming_path(store, uuid.uuid4().hex[:12])
-        return run_isolated(job[0], out, env, context), out
+        try:
+            return run_isolated(job[0], out, env, context, servers, job[1]), out
+        finally:
+            if servers:
+                servers.done(job[1])
 
     with stop_cells_on_signal():
         try:
@@ -192,4 +332,7 @@ def run_cells(cells: list[Cell], store: ResultsStore,
         except Interrupted as exc:
             exc.done = len(records)
             raise
+        finally:
+            if servers:
+                servers.close()
     return records

@@ -18,3 +18,11 @@ def _cache(tmp_path_factory):
     """Tests share one cache of exported models, separate from the user's."""
     if "CHIPBENCH_CACHE" not in os.environ:
         os.environ["CHIPBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(params=["1", "0"], ids=["fork-server", "exec"])
+def launch(request, monkeypatch):
+    """Runs a test once with cells forked from the fork server and once exec'd
+    (CHIPBENCH_FORKSERVER), for tests of the runner's isolation that must hold on both paths."""
+    monkeypatch.setenv("CHIPBENCH_FORKSERVER", request.param)
+    return request.param

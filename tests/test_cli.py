@@ -69,7 +69,7 @@ def test_run_store_report_end_to_end(tmp_path):
     assert body((out / "r.md").read_text()) == body(md)
 
 
-def test_crash_and_hang_cost_one_cell_each(tmp_path):
+def test_crash_and_hang_cost_one_cell_each(launch, tmp_path):
     proc = cli("run", "-w", "tiny-mlp", "-b", "crash-double,hang-double,null,missing-double",
                "--timeout", "15", *FAST, "--results-dir", tmp_path, check=False)
     assert proc.returncode == 1  # failed cells make the sweep fail, after the whole sweep ran

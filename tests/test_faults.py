@@ -35,12 +35,15 @@ def wait_for(condition, timeout=120.0, what="condition"):
 
 
 def running_cell(cli: subprocess.Popen) -> psutil.Process | None:
-    """The cell subprocess the CLI is running, once its backend is compiling."""
+    """The cell subprocess the CLI is running, once its backend is compiling: an exec'd
+    `chipbench.cell`, or a child the fork server (chipbench.forkserver) forked."""
     try:
         children = psutil.Process(cli.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
+        cells = [p for p in children if "chipbench.cell" in " ".join(p.cmdline())
+                 or ("chipbench.forkserver" in " ".join(p.cmdline())
+                     and "chipbench.forkserver" in " ".join(p.parent().cmdline()))]
+    except (psutil.NoSuchProcess, AttributeError):
         return None
-    cells = [p for p in children if "chipbench.cell" in " ".join(p.cmdline())]
     return cells[0] if cells else None
 
 
@@ -59,7 +62,7 @@ def interrupt_during_the_second_cell(results: Path, sig: int):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_the_sweep_kills_the_cell_and_keeps_what_was_measured(tmp_path, sig):
+def test_a_signal_stops_the_sweep_kills_the_cell_and_keeps_what_was_measured(launch, tmp_path, sig):
     cli, cell = interrupt_during_the_second_cell(tmp_path, sig)
     _, err = cli.communicate(timeout=60)
     assert cli.returncode == 128 + sig
@@ -74,7 +77,7 @@ def gone(process: psutil.Process) -> bool:
     return not psutil.pid_exists(process.pid) or process.status() == psutil.STATUS_ZOMBIE
 
 
-def test_sigkill_of_the_cli_takes_the_cell_and_its_children_with_it_even_in_native_code(tmp_path):
+def test_sigkill_of_the_cli_takes_the_cell_and_its_children_with_it_even_in_native_code(launch, tmp_path):
     cli = start_cli("run", "-w", "tiny-mlp", "-b", "null,native-sleepy-double", *FAST, "--results-dir", tmp_path)
     wait_for(lambda: len(stored(tmp_path)) == 1, what="the first record")
     cell = wait_for(lambda: running_cell(cli), what="the second cell")
@@ -85,7 +88,7 @@ def test_sigkill_of_the_cli_takes_the_cell_and_its_children_with_it_even_in_nati
     assert [r.backend["name"] for r in ResultsStore(tmp_path).records()] == ["null"]
 
 
-def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
+def test_an_interrupted_sweep_resumes_where_it_stopped(launch, tmp_path):
     cli, _ = interrupt_during_the_second_cell(tmp_path, signal.SIGINT)
     cli.communicate(timeout=60)
     again = start_cli("run", "-w", "tiny-mlp", "-b", "null,sleepy-double", *FAST, "--results-dir", tmp_path,
@@ -210,7 +213,7 @@ def test_a_rerun_that_fails_keeps_the_good_record_in_the_history(tmp_path):
     assert [r.status for r in store.latest()] == ["failed"]  # the report shows what happened last
 
 
-def test_nothing_in_the_working_folder_runs_inside_a_cell(tmp_path):
+def test_nothing_in_the_working_folder_runs_inside_a_cell(launch, tmp_path):
     """Cells start as `python -P` in a private folder: a module lying in the user's folder is
     never imported, whatever its name, and relative paths still mean the user's folder."""
     for module in ("tomllib", "numpy", "chipbench"):
