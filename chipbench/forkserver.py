@@ -18,7 +18,7 @@ Requests are served concurrently (RPC cells run several at once). At start it sa
 
 What is preloaded (`PRELOAD`, each only where it imports; a failure is ignored): the harness
 (chipbench.cell and what it imports), numpy, onnx, onnxruntime, mlperf_loadgen, torch, tvm
-(tvm.relax, tvm.runtime) and openvino. Importing them creates no model, session, device,
+(tvm.relax, tvm.runtime), openvino and scipy.stats. Importing them creates no model, session, device,
 thread pool or CUDA context; the settings the backends make before using these libraries are
 read later than import, so a child that makes them gets its own values:
 
@@ -70,7 +70,8 @@ import traceback
 
 PARENT_ENV = "CHIPBENCH_PARENT_PID"  # as chipbench.runner.PARENT_ENV
 PRELOAD = ("chipbench.cell", "numpy", "onnx", "onnxruntime", "mlperf_loadgen",
-           "torch", "tvm", "tvm.relax", "tvm.runtime", "openvino")
+           "torch", "tvm", "tvm.relax", "tvm.runtime", "openvino",
+           "scipy.stats")  # the task metrics' ranks (workloads.metrics.auroc): 2 s a cell otherwise
 
 
 def preload(names: tuple[str, ...] = PRELOAD) -> list[str]:

@@ -307,7 +307,9 @@ def run_cells(cells: list[Cell], store: ResultsStore,
     sweep_id = uuid.uuid4().hex[:12]
     jobs = [(cell, i) for i in range(repeat) for cell in cells]
 
-    servers = RoundServers(env, len(cells)) if forkserver_enabled(env) else None
+    # a server pays every import once (4-5 s): a round of one cell gains nothing from it
+    forked = forkserver_enabled(env) and sum(cell.pin is None for cell in cells) >= 2
+    servers = RoundServers(env, len(cells)) if forked else None
 
     def run_one(job: tuple[Cell, int]) -> tuple[RunRecord, Path]:
         out = incoming_path(store, uuid.uuid4().hex[:12])

@@ -38,10 +38,15 @@ def comparable(record: dict) -> dict:
             "accuracy": record.get("accuracy", {}).get("passed") if isinstance(record.get("accuracy"), dict) else None}
 
 
+def test_a_single_cell_sweep_execs_its_cell(tmp_path):
+    (record,) = sweep(tmp_path, "-w", "tiny-mlp", "-b", "null")  # a server's imports would cost more than one cell's
+    assert record["provenance"]["launch"]["method"] == "exec"
+
+
 def test_a_sweep_through_the_server_gives_the_records_exec_gives(tmp_path):
-    cells = [("-w", "tiny-mlp", "-b", "null"), ("-w", "vibration-cnn1d", "-b", "ort-cpu")]
-    forked = [r for i, c in enumerate(cells) for r in sweep(tmp_path / f"fork{i}", *c)]
-    execed = [r for i, c in enumerate(cells) for r in sweep(tmp_path / f"exec{i}", *c, forkserver="0")]
+    cells = ("-w", "tiny-mlp", "-b", "null,ort-cpu")  # a server serves rounds of two cells or more
+    forked = sweep(tmp_path / "fork", *cells)
+    execed = sweep(tmp_path / "exec", *cells, forkserver="0")
     assert [comparable(r) for r in forked] == [comparable(r) for r in execed]
     assert [r["verdict"] for r in forked] == ["VALID", "VALID"]
     assert {r["provenance"]["launch"]["method"] for r in forked} == {"fork-server"}
@@ -65,7 +70,7 @@ def test_a_crash_and_a_hang_cost_one_cell_each_and_the_server_serves_the_next(tm
 
 
 def test_each_round_of_repeat_comes_from_a_server_of_its_own(tmp_path):
-    records = sweep(tmp_path, "-w", "tiny-mlp", "-b", "null", "--repeat", "2")
+    records = sweep(tmp_path, "-w", "tiny-mlp,vibration-cnn1d", "-b", "null", "--repeat", "2")
     by_round: dict[int, set[int]] = {}
     for r in records:
         by_round.setdefault(r["provenance"]["sweep"]["invocation"], set()).add(r["provenance"]["launch"]["server_pid"])
@@ -168,20 +173,23 @@ def test_the_libraries_preloaded_size_their_threads_from_the_cell_not_the_server
 
 def test_a_pinned_cell_is_execed(tmp_path):
     cpu = min(os.sched_getaffinity(0))
-    (record,) = sweep(tmp_path, "-w", "tiny-mlp", "-b", "null", "--pin", str(cpu))
-    assert record["provenance"]["launch"] == {"method": "exec", "preloaded": []}
+    records = sweep(tmp_path, "-w", "tiny-mlp,vibration-cnn1d", "-b", "null", "--pin", str(cpu))
+    assert [r["provenance"]["launch"] for r in records] == [{"method": "exec", "preloaded": []}] * 2
 
 
 def test_blas_works_in_a_child_forked_after_numpy_started_its_threads():
     child = """
 import numpy as np
+import scipy.linalg
 a = np.random.default_rng(0).standard_normal((512, 512))
 b = a @ a.T
 assert np.allclose(b, b.T) and np.isfinite(b).all()
+assert np.isfinite(scipy.linalg.eigh(b, eigvals_only=True)).all()  # scipy's own OpenBLAS too
 print('ok')
 """
     parent_warmup = "import numpy as np\nnp.ones((512, 512)) @ np.ones((512, 512))\n"
-    code = FORKED.format(names=("numpy",), child="\n".join("        " + l for l in child.strip().splitlines()))
+    code = FORKED.format(names=("numpy", "scipy.stats"),
+                         child="\n".join("        " + l for l in child.strip().splitlines()))
     code = code.replace("pid = os.fork()", parent_warmup + "pid = os.fork()")
     assert run_python(code) == "ok"
 
