@@ -14,9 +14,12 @@ time `chipbench probe` measured (`calibrate`, kept in the device profile's detai
 its calibrated time, before or after the timed run, fails the `machine-speed` rule and is NOISY
 (chipbench.validity), as a busy machine is.
 
-MAX_SLOWDOWN = 1.3: on a quiet machine the best of three runs stays within a few per cent of
-the calibration; a CPU 30 % slower than calibrated shifts a latency by far more than the 5 %
-a comparison should resolve (the threshold is a project choice, as quiet_cores' 0.25 is).
+MAX_SLOWDOWN = 2.0: the calibration is the fastest the CPU ran (probe's best of 20), and on a
+shared host the clock alone moves the loop by up to about 1.6x: on a 2-core Zen 4 cloud VM,
+back-to-back checks of an idle machine read 0.55 ms and 0.9 ms (most likely a socket's boost
+clock follows its other tenants' load). Only a slowdown beyond that range, e.g. a virtual CPU
+descheduled or sharing its core, makes a cell NOISY; the record keeps every check's slowdown, so
+two cells can be seen to have run at different clocks.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 from chipbench.validity import SPEED, Rule
 
-MAX_SLOWDOWN = 1.3
+MAX_SLOWDOWN = 2.0
 REFERENCE_STEPS = 400  # multiply-add pairs over 2,048 float64 values: about 0.6 ms on a Zen 4 core
 
 
