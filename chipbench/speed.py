@@ -17,7 +17,7 @@ its calibrated time, before or after the timed run, fails the `machine-speed` ru
 MAX_SLOWDOWN = 2.0: the calibration is the fastest the CPU ran (probe's best of 20), and on a
 shared host the clock alone moves the loop by up to about 1.6x: on a 2-core Zen 4 cloud VM,
 back-to-back checks of an idle machine read 0.55 ms and 0.9 ms (most likely a socket's boost
-clock follows its other tenants' load). Only a slowdown beyond that range, e.g. a virtual CPU
+clock following its other tenants' load). Only a slowdown beyond that range, e.g. a virtual CPU
 descheduled or sharing its core, makes a cell NOISY; the record keeps every check's slowdown, so
 two cells can be seen to have run at different clocks.
 """
