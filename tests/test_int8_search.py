@@ -192,6 +192,10 @@ def test_int8_cell_records_the_configuration_it_ran_and_why():
     slow.quantization["loss_reason"] = "slower in int8 (per-op sum fp32 -> int8): quantize/dequantize 0 -> 1 ms"
     [finding] = int8_findings([fp32, slow])
     assert finding.loses and finding.speedup == pytest.approx(0.5) and "quantize/dequantize" in finding.text
+    par = copy.deepcopy(rec)
+    par.latency = dataclasses.replace(par.latency, median=fp32.latency.median * 1.03)
+    [finding] = int8_findings([fp32, par])
+    assert not finding.loses and finding.text.startswith("on par with fp32")
     failing = copy.deepcopy(rec)
     failing.quantization.update(passed_gate=False, why="no configuration passes the accuracy gate; x is the most faithful")
     assert int8_findings([fp32, failing])[0].loses
