@@ -35,7 +35,7 @@ from chipbench.paths import atomic_write_text, cache_dir, sha256_file
 from chipbench.quiet import default_quiet_cores, try_sample
 
 Arrays = dict[str, np.ndarray]
-SEARCH_VERSION = 2  # bump when the search's method changes (part of the cache key)
+SEARCH_VERSION = 3  # bump when the search's method changes (part of the cache key)
 
 
 @dataclass(frozen=True)
@@ -109,13 +109,15 @@ def _listed(label: str, names: list[str]) -> str:
     return f"; {label}: {', '.join(names)}" if names else ""
 
 
-def quick_p50(runs: dict[str, Callable[[], Any]], budget_s: float = 0.4, rounds: int = 5,
+def quick_p50(runs: dict[str, Callable[[], Any]], budget_s: float = 0.4, rounds: int = 25,
               warmup: int = 3) -> dict[str, float]:
     """Median seconds of one call of each of `runs`, timed by the host clock over `rounds`
     round-robin rounds in which each callable runs for a slice of `budget_s / rounds` seconds
     (at least one call), so every callable meets the same machine conditions and the whole
-    takes about `budget_s` × len(runs) seconds whatever the tails. Ranks candidates only: the
-    cell's own measurement is LoadGen's."""
+    takes about `budget_s` × len(runs) seconds whatever the tails. 25 rounds: a shared host's
+    clock changes within a second or two (chipbench.speed), and slices of a few milliseconds
+    spread each change over every candidate alike. Ranks candidates only: the cell's own
+    measurement is LoadGen's."""
     for run in runs.values():
         for _ in range(warmup):
             run()
