@@ -66,7 +66,7 @@ def run_isolated(cell: Cell, out_file: Path, env: dict[str, str], context: dict 
         forked = server.spawn(round_index, cell_file, out_file, err_file, Path(tmp)) if forkable else None
         if forked is not None:
             proc, launch = forked
-            record = _wait_forked(cell, proc, out_file, err_file)
+            record = _wait(cell, proc, out_file, err_file)
             if record is None:  # the server died under the cell: run it again the usual way
                 server.broken(round_index)
                 if _stopping.is_set():  # killed with the sweep: nothing more runs
@@ -87,22 +87,13 @@ def _run_exec(cell: Cell, cell_file: Path, out_file: Path, err_file: Path, env: 
             stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
             cwd=tmp, env={**env, PARENT_ENV: str(os.getpid())},
         )
-        with _live_lock:
-            _live.add(proc)
-        try:
-            proc.wait(timeout=cell.timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return _failed(cell, f"timed out after {cell.timeout_s:g} s (killed)")
-        finally:
-            _kill_group(proc)  # whatever the cell left behind in its group goes with it
-            with _live_lock:
-                _live.discard(proc)
-    return _outcome(cell, proc.returncode, out_file, err_file)
+        return _wait(cell, proc, out_file, err_file)
 
 
-def _wait_forked(cell: Cell, proc: ForkedCell, out_file: Path, err_file: Path) -> RunRecord | None:
-    """As _run_exec, for a cell the fork server started; None when the server died first."""
+def _wait(cell: Cell, proc: subprocess.Popen | ForkedCell, out_file: Path, err_file: Path) -> RunRecord | None:
+    """Wait at most the cell's time limit for its process (exec'd or forked), kill its group
+    whatever happened (anything the cell left behind goes with it) and make its record; None
+    when its fork server died first and the cell had written no record."""
     with _live_lock:
         _live.add(proc)
     try:
