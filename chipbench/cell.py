@@ -372,9 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     cell_path, out_path = (argv or sys.argv[1:])[:2]
     job = json.loads(Path(cell_path).read_text())
     cell = Cell.from_dict(job["cell"])
-    record = execute(cell, (job.get("context", {}).get("device_profile") or {}).get("reference_loop_s"))
+    profile = job.get("context", {}).get("device_profile")
+    record = execute(cell, (profile or {}).get("reference_loop_s"))
     if record.device_id == "cpu":  # this host's measured ceilings describe this host's CPU only
-        record.provenance.setdefault("device_profile", job.get("context", {}).get("device_profile"))
+        record.provenance.setdefault("device_profile", profile)
     atomic_write_text(Path(out_path), record.to_json())
     return 0
 

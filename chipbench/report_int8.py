@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from chipbench.record import RunRecord
 
-ON_PAR = 0.05  # int8 within 5 % of fp32 (either way): neither a gain nor a loss
+ON_PAR = 0.05  # int8 at most 5 % slower than fp32: on par, not a loss
 
 
 @dataclass(frozen=True)
