@@ -47,7 +47,33 @@ class Interrupted(Exception):
 _live: set[subprocess.Popen | ForkedCell] = set()
 _servers: set[ForkServer] = set()
 _stopping = threading.Event()  # set while kill_live_cells takes the cells down
-_live_lock = threading.Lock()
+_live_lock = threading.RLock()  # re-entrant: a cell's start, holding it, may register a new server
+_held_signals: list[int] = []  # SIGINT/SIGTERM that arrived while the main thread started a cell
+_holding = threading.Event()  # set while the main thread starts a cell
+
+
+@contextmanager
+def _starting_cell() -> Iterator[Callable[[subprocess.Popen | ForkedCell], None]]:
+    """Start a cell and register it as live in one step; yields the function that registers it.
+
+    A signal that interrupted the start between the process's creation and its registration
+    would leave a running cell that `kill_live_cells` cannot see. So the live lock is held
+    (a sweep's kill waits until the cell is registered, whichever thread starts it) and, on the
+    main thread, SIGINT/SIGTERM are held back and raised as Interrupted once the cell is
+    registered."""
+    main = threading.current_thread() is threading.main_thread()
+    try:
+        with _live_lock:
+            if main:
+                _holding.set()
+            try:
+                yield _live.add
+            finally:
+                if main:
+                    _holding.clear()
+    finally:
+        if main and _held_signals:
+            raise Interrupted(_held_signals.pop())
 
 
 def run_isolated(cell: Cell, out_file: Path, env: dict[str, str], context: dict | None = None,
@@ -81,21 +107,21 @@ def run_isolated(cell: Cell, out_file: Path, env: dict[str, str], context: dict 
 
 def _run_exec(cell: Cell, cell_file: Path, out_file: Path, err_file: Path, env: dict[str, str],
               tmp: str) -> RunRecord:
-    with open(err_file, "w") as err:
+    with open(err_file, "w") as err, _starting_cell() as register:
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "chipbench.cell", str(cell_file), str(out_file)],
             stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
             cwd=tmp, env={**env, PARENT_ENV: str(os.getpid())},
         )
-        return _wait(cell, proc, out_file, err_file)
+        register(proc)
+    return _wait(cell, proc, out_file, err_file)
 
 
 def _wait(cell: Cell, proc: subprocess.Popen | ForkedCell, out_file: Path, err_file: Path) -> RunRecord | None:
     """Wait at most the cell's time limit for its process (exec'd or forked), kill its group
     whatever happened (anything the cell left behind goes with it) and make its record; None
-    when its fork server died first and the cell had written no record."""
-    with _live_lock:
-        _live.add(proc)
+    when its fork server died first and the cell had written no record. The process is live
+    already (`_starting_cell`)."""
     try:
         proc.wait(timeout=cell.timeout_s)
     except subprocess.TimeoutExpired:
@@ -147,7 +173,9 @@ class RoundServers:
         if server is None:
             return None
         try:
-            proc = server.spawn(cell_file, out_file, err_file, cwd)
+            with _starting_cell() as register:
+                proc = server.spawn(cell_file, out_file, err_file, cwd)
+                register(proc)
         except ForkServerError:
             self.broken(i)
             return None
@@ -265,8 +293,12 @@ def stop_cells_on_signal() -> Iterator[None]:
     installed = {}
     if threading.current_thread() is threading.main_thread():
         def handler(signum, _frame):
+            if _holding.is_set():  # a cell is being started: raised once it is registered
+                _held_signals.append(signum)
+                return
             raise Interrupted(signum)
 
+        _held_signals.clear()
         for sig in (signal.SIGINT, signal.SIGTERM):
             installed[sig] = signal.signal(sig, handler)
     try:

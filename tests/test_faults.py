@@ -226,3 +226,24 @@ def test_nothing_in_the_working_folder_runs_inside_a_cell(launch, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [r["verdict"] for r in stored(tmp_path / "res")] == ["VALID", "VALID"]
     assert not list(tmp_path.glob("*.RAN"))
+
+
+def test_a_signal_while_a_cell_starts_waits_until_the_cell_is_live_then_stops_the_sweep():
+    """The race behind a cell outliving its sweep: SIGTERM landing between a cell's process
+    being created and its registration. It is held back and raised once the cell is live, so
+    the sweep's kill finds it."""
+    from chipbench import runner
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        with pytest.raises(runner.Interrupted) as stopped, runner.stop_cells_on_signal():
+            with runner._starting_cell() as register:
+                os.kill(os.getpid(), signal.SIGTERM)  # delivered here, inside the start
+                assert sleeper not in runner._live
+                register(sleeper)
+            raise AssertionError("the held signal was not raised")
+        assert stopped.value.signum == signal.SIGTERM
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL  # stop_cells_on_signal killed it on the way out
+    finally:
+        sleeper.kill()
+        runner._live.discard(sleeper)
