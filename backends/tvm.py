@@ -110,11 +110,19 @@ def failing_node(exc: BaseException) -> Any:
     return found
 
 
-def fusion_passes() -> list[Any]:
-    """Legalize and fuse: what MetaSchedule task extraction sees, so database keys match."""
+def fusion_passes(target: Any = None) -> list[Any]:
+    """Legalize and fuse: what MetaSchedule task extraction sees, so database keys match. For a
+    CUDA target small integer powers become products first (`tvm_cuda.exact_powers`: CUDA's
+    fast-math powf is NaN for negative bases)."""
     from tvm import relax
 
+    exact = []
+    if target is not None and target.kind.name == "cuda":
+        from chipbench.backends.tvm_cuda import exact_powers
+
+        exact = [exact_powers()]
     return [
+        *exact,
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -132,7 +140,7 @@ def fuse(mod: Any, target: Any, weight_prepack: bool = False) -> Any:
     from tvm import relax
     from tvm.relax import pipeline as relax_pipeline
 
-    passes = [*relax_pipeline.library_dispatch_passes(target), *fusion_passes()]
+    passes = [*relax_pipeline.library_dispatch_passes(target), *fusion_passes(target)]
     if weight_prepack:
         passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target, tvm.transform.PassContext(opt_level=3):

@@ -3,8 +3,10 @@
 The pipeline (`cuda_pipeline`), in TVM 0.27's own order for CUDA
 (`tvm.relax.backend.cuda.pipeline`), with dlight's whole GPU rule set:
 
-1. library dispatch (sampling, sort/scan), then legalize and fuse (`backends.tvm.fusion_passes`,
-   the passes MetaSchedule extracts its tasks after, so database keys match);
+1. library dispatch (sampling, sort/scan), small integer powers made products (`exact_powers`:
+   fast math's powf is NaN for negative bases), then legalize and fuse
+   (`backends.tvm.fusion_passes`, the passes MetaSchedule extracts its tasks after, so database
+   keys match);
 2. with a MetaSchedule database (`spec.options["metaschedule_db"]` or `spec.tuning_db`), its
    records first: `MetaScheduleApplyDatabase` schedules the kernels it has a record for and
    marks them scheduled;
@@ -45,11 +47,14 @@ from chipbench.backends.base import (Arrays, Compiled, CompileSpec, ModelSource,
                                      require_precision)
 from chipbench.gpu import cuda_present
 
-DLIGHT_RULES = ("Matmul", "GEMV", "LowBatchGEMV", "Reduction", "GeneralReduction", "Transpose", "RMSNorm", "Fallback")
+DLIGHT_RULES = ("Matmul", "GEMV", "LowBatchGEMV", "Reduction", "GeneralReduction", "RMSNorm", "Fallback")
 """dlight GPU rules (`tvm.s_tir.dlight.gpu`), tried in this order on each kernel. The specific
 ones come first and `Fallback` (any kernel: fuse loops, bind to blocks and threads) last, as in
 TVM's own CUDA pipeline (Matmul, GEMV, Reduction, GeneralReduction, Fallback), with LowBatchGEMV
-after GEMV as MLC-LLM orders them, and Transpose and RMSNorm before Fallback."""
+after GEMV as MLC-LLM orders them, and RMSNorm before Fallback. dlight's Transpose rule is left
+out, as TVM's own pipeline leaves it out: on an H200 (sm_90, TVM 0.27) the kernel it made for a
+transpose with a fused add (sensor-transformer at batch 1) crashed the process (SIGSEGV), where
+Fallback's kernel for the same function is correct."""
 
 HOST_TARGET = {"kind": "llvm"}  # generic x86-64: the library's host side runs on the GPU server's CPU
 
@@ -65,6 +70,53 @@ class CudaBuild(NamedTuple):
     target: Any
     pipeline: str
     details: dict
+
+
+SMALL_POWERS = (2, 3)
+"""Integer exponents whose `power` the CUDA pipeline computes by multiplication (`exact_powers`)."""
+
+
+def exact_powers() -> Any:
+    """A Relax module pass: `power(x, c)` with a scalar constant c in SMALL_POWERS becomes
+    `x * x` (and `x * x * x`).
+
+    TVM compiles CUDA with `--use_fast_math` (nvcc and NVRTC alike, `tvm.support.nvcc`), under
+    which `powf(x, y)` is `__powf`, computed as exp2(y * log2(x)): NaN for every negative x,
+    although x² is defined for every x (CUDA C Programming Guide, "Intrinsic Functions").
+    Squares are everywhere in exported graphs: a mean squared error, the variance of a
+    LayerNorm exported before opset 17, the cube of GELU's tanh approximation. Measured on an
+    H200: sensor-ae's anomaly score, max over sensors of mean((rec - x) ** 2), came out
+    -3.4e38 (the max of NaNs) with powf, and matches the CPU reference with the product."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import expr_functor
+
+    @expr_functor.mutator
+    class Powers(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = super().visit_call_(call)
+            if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.power"):
+                return call
+            base, exponent = call.args
+            if not isinstance(exponent, tvm.ir.expr.Constant) or exponent.value.numpy().size != 1:
+                return call
+            n = float(exponent.value.numpy().reshape(()))
+            if n not in SMALL_POWERS or exponent.ty.dtype != base.ty.dtype:
+                return call
+            out = base
+            for _ in range(int(n) - 1):
+                out = relax.op.multiply(out, base)
+            return out
+
+    @tvm.transform.module_pass(opt_level=0, name="ChipbenchExactPowers")
+    def rewrite(mod, _ctx):
+        powers = Powers(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                powers.builder_.update_func(gv, powers.visit_expr(func))
+        return powers.builder_.get()
+
+    return rewrite
 
 
 def tvm_has_cuda() -> bool:
@@ -204,7 +256,7 @@ def cuda_pipeline(target: Any, database_dir: Path | None = None, stats: dict | N
     def pipeline(mod, _ctx):
         with target:
             return tvm.transform.Sequential([
-                *cuda.library_dispatch_passes(target), *fusion_passes(), *apply_db,
+                *cuda.library_dispatch_passes(target), *fusion_passes(target), *apply_db,
                 dlight.ApplyDefaultSchedule(*dlight_rules(stats)),
                 *cuda.dataflow_lower_passes(target), *cuda.finalize_passes(target),
             ])(mod)

@@ -238,15 +238,19 @@ def rebuild(folder: Path, pools: Pools | None = None) -> Rebuilt:
     wanted = {e["sha256"] for members in missing.values() for e in members.values()}
     pool = (pools or Pools()).pool(workload, state, recipe, int(manifest["batch"]), wanted)
     out = folder / REBUILT
-    written = []
-    for name, members in missing.items():
-        arrays = {}
-        for member, entry in members.items():
-            if entry["sha256"] not in pool:
-                raise RebuildError(f"{folder.name}: array {describe_array(member, entry)} of {name} is not reproduced "
-                                   f"here (sha256 {entry['sha256'][:16]}... found in no rebuilt weight)")
-            arrays[member] = pool[entry["sha256"]]
-        written.append((name, arrays))
+    absent = [(name, member, entry) for name, members in missing.items() for member, entry in members.items()
+              if entry["sha256"] not in pool]
+    if absent:
+        name, member, entry = absent[0]
+        here, there = _host(), recipe.get("host", {})
+        others = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+        raise RebuildError(f"{folder.name}: array {describe_array(member, entry)} of {name}{others} of the "
+                           f"{sum(map(len, missing.values()))} left out {'are' if others else 'is'} not reproduced "
+                           f"here (sha256 "
+                           f"{entry['sha256'][:16]}... found in no rebuilt weight; torch {here['torch']} here, "
+                           f"{there.get('torch')} on the compiling host)")
+    written = [(name, {member: pool[entry["sha256"]] for member, entry in members.items()})
+               for name, members in missing.items()]
     out.mkdir(exist_ok=True)
     for name, arrays in written:
         tmp = out / f".{name}.tmp"

@@ -9,8 +9,9 @@ and the torch CUDA backends, probe the device, and write records and a report.
 
 Steps, each timed, within --budget-s (default 420 s):
  1. checks: the carried plan is for this kind of device and the kit for this Python;
- 2. wheels: the carried wheels the records import needs (jsonschema) installed offline into a
-    scratch folder (`pip install --no-index --no-deps --target`), for the import steps only;
+ 2. wheels: the carried wheels that storing records needs (jsonschema) and this machine lacks,
+    installed offline into a scratch folder (`pip install --no-index --no-deps --target`) that
+    the import steps, the torch part's cells and the report find on their path;
  3. rebuild: the weights the bundles left out, from the seeded models (chipbench.bundle_rebuild,
     torch here), each checked against its sha256: a bundle whose weights are not reproduced
     exactly is refused with one line naming the array, never run with other weights;
@@ -137,6 +138,22 @@ def read_plan(args) -> dict:
     return plan
 
 
+def not_installed(wheels: list[Path]) -> list[Path]:
+    """The wheels whose distribution this Python lacks (a wheel's file name starts with its
+    distribution's name, PEP 427): only those are installed, so none shadows a package of the
+    machine's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(wheel: Path) -> bool:
+        try:
+            version(wheel.name.split("-")[0])
+        except PackageNotFoundError:
+            return False
+        return True
+
+    return [w for w in wheels if not installed(w)]
+
+
 def install_wheels(wheels: list[Path], target: Path, log: Log) -> str | None:
     """Install `wheels` offline into `target` (pip --no-index --no-deps --target; where this
     Python has no pip, `unpack_wheels`); None when done, else the one-line reason."""
@@ -243,18 +260,22 @@ class Check:
         self.timings[name] = time.perf_counter() - t0
 
     def wheels(self) -> None:
-        """Install the carried wheels offline, for the import steps only (`import_env`): they
-        never shadow this machine's own packages anywhere else."""
+        """Install the carried wheels this machine lacks offline into a scratch folder and put
+        it on the path of every step that imports chipbench's records (`import_env`: the
+        imports, the torch part's cells, the report). Only missing distributions are installed,
+        so the folder shadows none of this machine's own packages."""
         self.import_env = dict(self.env)
-        wheels = [self.args.dir / w for w in self.plan.get("wheels", {}).get("files", [])]
+        carried = [self.args.dir / w for w in self.plan.get("wheels", {}).get("files", [])]
+        wheels = not_installed(carried)
         failed = install_wheels(wheels, self.scratch / "site", self.log)
         if failed:
             self.problems.append(f"wheels: {failed}")
         elif wheels:
             self.import_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.scratch / "site"),
                                                                           self.env.get("PYTHONPATH")]))
-        if wheels:
-            self.log(f"== wheels: {len(wheels)} installed offline" if not failed else f"== wheels: {failed}")
+        if carried:
+            self.log(f"== wheels: {failed}" if failed else
+                     f"== wheels: {len(wheels)} of {len(carried)} installed offline (the others are here already)")
 
     def runner_world(self) -> bool:
         """The runner's environment: `python -S`, the kit and this machine's RUNNER_DEPS. False
@@ -339,7 +360,7 @@ class Check:
         if budget < args.min_torch_s:
             self.not_run.append(f"torch part: probe and torch backends ({budget:.0f} s left, it needs {args.min_torch_s:g})")
             return
-        env = dict(self.env)
+        env = dict(self.import_env)
         if self.weights.is_dir():
             env["CHIPBENCH_CARRIED_WEIGHTS"] = str(self.weights)
         self.torch_export = self.scratch / "torch"
@@ -367,7 +388,7 @@ class Check:
         if not any((self.args.results_dir / "runs").glob("*.json")):  # nothing to report when nothing ran
             return
         cmd = [sys.executable, "-m", "chipbench.cli", "report", "--results-dir", str(self.args.results_dir)]
-        rc, out, _ = run(cmd, self.env, self.scratch, max(self.left() + self.args.reserve_s, 60), self.log)
+        rc, out, _ = run(cmd, self.import_env, self.scratch, max(self.left() + self.args.reserve_s, 60), self.log)
         if rc != 0:
             self.problems.append(f"report: exit {rc}: {last_line(out, 'error: ') or last_line(out)}")
 

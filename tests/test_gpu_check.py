@@ -283,5 +283,8 @@ def test_carried_wheels_install_offline_into_a_folder_of_their_own(gpu_check, tm
         assert proc.stdout.strip() == "42", proc.stderr
     failed = gpu_check.install_wheels([tmp_path / "missing-1.0-py3-none-any.whl"], tmp_path / "site2", log)
     assert failed.startswith("pip install exit ") and "\n" not in failed
+    # only what this Python lacks is installed: a carried wheel never shadows the machine's own
+    here = tmp_path / "numpy-0.1-py3-none-any.whl"
+    assert gpu_check.not_installed([wheel, here]) == [wheel]
     linked = gpu_check.runner_deps(tmp_path / "deps")
     assert "numpy" in linked and (tmp_path / "deps" / "numpy" / "__init__.py").is_file()

@@ -231,3 +231,52 @@ def test_a_dlight_rule_that_raises_on_a_kernel_declines_it_and_the_next_rule_sch
     build = compile_for(source, CompileSpec(batch=32, target=SM90))
     assert build.details["dlight_rules_declined"].get("Matmul", 0) > 0
     assert build.details["dlight_rules"][-1] == "Fallback"
+
+
+def power_model(path: Path, exponents: list[float]) -> Path:
+    """y_i = x ** c_i for each constant exponent c_i (ONNX Pow with a Constant, as torch exports `** 2`)."""
+    nodes, outputs = [], []
+    for i, c in enumerate(exponents):
+        nodes += [helper.make_node("Constant", [], [f"c{i}"], value=helper.make_tensor(f"v{i}", TensorProto.FLOAT, [], [c])),
+                  helper.make_node("Pow", ["x", f"c{i}"], [f"y{i}"])]
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [8]))
+    graph = helper.make_graph(nodes, "powers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])], outputs)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_small_integer_powers_become_products_that_are_right_for_negative_bases(tmp_path):
+    """CUDA's fast-math powf is NaN for a negative base (sensor-ae's score was -3.4e38 on an H200):
+    x ** 2 and x ** 3 become products, other exponents stay power."""
+    import tvm
+    from tvm import relax
+
+    from chipbench.backends.tvm import import_onnx
+    from chipbench.backends.tvm_cuda import exact_powers
+
+    mod, _ = import_onnx(power_model(tmp_path / "pow.onnx", [2.0, 3.0, 0.5]))
+    rewritten = exact_powers()(mod)
+    text = rewritten.script()
+    assert text.count("R.power(") == 1 and "R.const(0.5" in text  # only x ** 0.5 is left a power
+    exe = tvm.compile(rewritten, target="llvm")
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    x = np.linspace(-3, 3, 8, dtype=np.float32)
+    y2, y3, _ = (o.numpy() for o in vm["main"](tvm.runtime.tensor(x)))
+    np.testing.assert_array_equal(y2, x * x)
+    np.testing.assert_allclose(y3, x ** 3, rtol=1e-6)
+
+
+@needs_compiler
+def test_the_cuda_kernels_of_a_square_hold_no_powf(tmp_path):
+    from chipbench.backends.base import ModelSource
+    from chipbench.backends.tvm_cuda import compile_for
+
+    source = ModelSource("powers", power_model(tmp_path / "pow.onnx", [2.0]), ("x",), ("y0",))
+    build = compile_for(source, CompileSpec(target=SM90))
+    modules, sources = [build.exe.mod], []
+    while modules:
+        module = modules.pop()
+        modules += list(module.imports)
+        sources += [module.inspect_source()] if module.kind == "cuda" else []
+    assert len(sources) == 1 and "__global__" in sources[0] and "powf" not in sources[0]
+    assert "Transpose" not in build.details["dlight_rules"]  # its kernel for a transpose + add crashed an H200
