@@ -24,10 +24,18 @@ array that is not reproduced bit for bit refuses the bundle with one line that n
 Why this can be identical elsewhere (measured with torch 2.13 on an AMD EPYC, AVX-512):
 seeded initialisation draws from torch's CPU generator (mt19937) through kernels that do not
 depend on the thread count and agree between torch's AVX2 and AVX-512 builds (its no-SIMD
-build draws differently: ATEN_CPU_CAPABILITY=default); folding BatchNorm into the convolutions
-is elementwise, correctly rounded IEEE arithmetic. BatchNorm calibration itself is not
+build draws differently: ATEN_CPU_CAPABILITY=default). BatchNorm calibration itself is not
 reproducible (its reductions change with the thread count: 1 and 2 threads differ), which is
 why its result travels. Another torch version may draw differently: the digests say so.
+
+Folding BatchNorm into the convolutions (the exporter's `eval_peephole.cpp`: scale = gamma /
+sqrt(var + eps), W' = W * scale, b' = beta - mean * scale) is not reproducible either: torch's
+vectorized sqrt is not correctly rounded (on AVX-512 it differs from numpy's in the last bit),
+so another torch or CPU folds other bits (torch 2.11 on an H200 host reproduced 1 of
+defect-cnn's 53 folded weights). So each BatchNorm's `scale` travels too (`fold:<bn>` in
+state.npz, 0.1 MiB for ResNet-50), and the device folds in numpy with the exporter's
+operations, which are exactly rounded everywhere (a product, a difference); the rehearsal
+here checks that this gives the exporter's bits.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from chipbench.errors import one_line
 
 STATE = "state.npz"
 RECIPE = "seeded-weights"
+FOLD = "fold:"  # state.npz's prefix for a BatchNorm's scale, gamma / sqrt(var + eps), as the host's torch computed it
 
 
 class RebuildError(Exception):
@@ -56,6 +65,54 @@ class RebuildError(Exception):
 
 def _state(model: Any) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def batchnorm_folds(model: Any) -> list[tuple[str, str]]:
+    """(convolution, BatchNorm) module names where the BatchNorm reads a convolution's output and
+    nothing else does: the pairs torch's ONNX exporter folds into one Conv. [] when torch.fx
+    cannot trace the model."""
+    import torch
+    from torch import nn
+
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # any tracing failure: the model's weights come from the export alone
+        return []
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.affine and bn.track_running_stats:
+            src = node.args[0]
+            if (getattr(src, "op", None) == "call_module" and len(src.users) == 1
+                    and isinstance(modules[src.target], nn.modules.conv._ConvNd)):
+                pairs.append((src.target, node.target))
+    return pairs
+
+
+def _fold_scales(model: Any, pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+    """Each BatchNorm's scale as the exporter computes it, with this torch (`bn_var.add(eps).sqrt()`,
+    then `bn_scale.div(...)`, torch/csrc/jit/passes/onnx/eval_peephole.cpp)."""
+    modules = dict(model.named_modules())
+    scales = {}
+    for _, bn in pairs:
+        m = modules[bn]
+        scales[FOLD + bn] = m.weight.detach().div(m.running_var.detach().add(m.eps).sqrt()).numpy()
+    return scales
+
+
+def _folded(state: dict[str, np.ndarray], scales: dict[str, np.ndarray], folds: list[dict[str, str]]) -> list[np.ndarray]:
+    """The exporter's folded Conv weights and biases from the model's tensors and the carried
+    scales, in numpy float32 with the exporter's operations in its order (each exactly rounded)."""
+    arrays = []
+    for fold in folds:
+        conv, bn, scale = fold["conv"], fold["bn"], scales[FOLD + fold["bn"]]
+        weight = state[f"{conv}.weight"]
+        arrays.append(weight * scale.reshape(-1, *[1] * (weight.ndim - 1)))
+        mean, beta = state[f"{bn}.running_mean"], state[f"{bn}.bias"]
+        bias = state.get(f"{conv}.bias")
+        arrays.append((bias - mean) * scale + beta if bias is not None else beta - mean * scale)
+    return arrays
 
 
 def _host() -> dict[str, str]:
@@ -97,8 +154,11 @@ def leave_out(folder: Path, params_file: str, workload: Any, built: Any, onnx_pa
         raise RebuildError(f"{workload.name}: the seeded model's tensors are not the built model's")
     digests = {k: array_digest(v) for k, v in seeded.items()}
     state = {k: v for k, v in final.items() if array_digest(v) != digests[k]}
+    pairs = batchnorm_folds(built)
+    state.update(_fold_scales(built, pairs))
     recipe = {"recipe": RECIPE, "state": {"file": STATE, "names": list(state)},
-              "seeded": {k: d for k, d in digests.items() if k not in state}, "host": _host()}
+              "seeded": {k: d for k, d in digests.items() if k not in state}, "host": _host(),
+              "folds": [{"conv": conv, "bn": bn} for conv, bn in pairs]}
     pool = Pools().pool(workload, state, recipe, batch)  # the device's rebuild, rehearsed here
     names = _initializer_names(onnx_path)
     entries = {}
@@ -185,6 +245,8 @@ def _export_pool(workload: Any, state: dict[str, np.ndarray], recipe: dict[str, 
     model = workload.seeded_model()
     if model is None:
         raise RebuildError(f"{workload.name} offers no seeded model here (Workload.seeded_model)")
+    scales = {k: v for k, v in state.items() if k.startswith(FOLD)}
+    state = {k: v for k, v in state.items() if k not in scales}
     seeded = _state(model)
     expected = set(recipe["seeded"]) | set(state)
     if set(seeded) != expected:
@@ -199,7 +261,8 @@ def _export_pool(workload: Any, state: dict[str, np.ndarray], recipe: dict[str, 
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=False)
     model.requires_grad_(False)
     proto = onnx_proto(workload, model.eval(), batch)
-    arrays = (numpy_helper.to_array(t) for t in proto.graph.initializer)
+    arrays = [numpy_helper.to_array(t) for t in proto.graph.initializer]
+    arrays += _folded(_state(model), scales, recipe.get("folds", []))
     return model, {array_digest(a): a for a in arrays}
 
 

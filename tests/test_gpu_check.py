@@ -65,9 +65,10 @@ def test_weights_over_the_limit_leave_the_bundle_with_their_digests(left_out):
     assert all(e["bytes"] > 1024 and len(e["sha256"]) == 64 and e["what"].startswith("weight '") for e in members.values())
     assert all(a.nbytes <= 1024 for a in kept.values())
     recipe = manifest["rebuild"]
-    # what the seed does not give travels: BatchNorm's calibrated statistics, nothing seeded
+    # what the seed does not give travels: BatchNorm's calibrated statistics and scales, nothing seeded
     assert "state.npz" in manifest["files"] and recipe["state"]["names"]
-    assert all(n.endswith(("running_mean", "running_var", "num_batches_tracked")) for n in recipe["state"]["names"])
+    assert all(n.endswith(("running_mean", "running_var", "num_batches_tracked")) or n.startswith("fold:")
+               for n in recipe["state"]["names"])
     assert any(n.endswith("conv1.weight") for n in recipe["seeded"])
 
 
@@ -143,6 +144,36 @@ def test_a_weight_that_is_not_reproduced_exactly_is_refused_naming_it(left_out, 
     proc = rebuild(folder)
     assert proc.returncode == 1
     assert f"array {member} ({entry['what']}" in proc.stderr and "is not reproduced here" in proc.stderr
+
+
+def test_folded_weights_are_rebuilt_exactly_where_the_exporter_rounds_otherwise(left_out, tmp_path, monkeypatch):
+    """Another torch or CPU folds BatchNorm into the convolutions with other bits (its sqrt is not
+    correctly rounded): here every folded initializer the export gives is moved by one ulp, and the rebuild
+    still gives the host's exact weights, folded in numpy from the carried scales."""
+    import shutil
+
+    from chipbench import bundle_rebuild, prepare
+
+    manifest = left_out[1]
+    assert manifest["rebuild"]["folds"] and any(n.startswith(bundle_rebuild.FOLD) for n in manifest["rebuild"]["state"]["names"])
+    export = prepare.onnx_proto
+
+    def other_rounding(*args, **kwargs):
+        from onnx import numpy_helper
+
+        proto = export(*args, **kwargs)
+        for t in proto.graph.initializer:
+            a = numpy_helper.to_array(t)
+            if t.name.startswith("onnx::Conv"):  # what the exporter computed (the others keep their module names)
+                t.CopyFrom(numpy_helper.from_array(np.nextafter(a, np.float32(np.inf)), t.name))
+        return proto
+
+    monkeypatch.setattr(prepare, "onnx_proto", other_rounding)
+    folder = tmp_path / "bundle"
+    shutil.copytree(left_out[0], folder)
+    made = bundle_rebuild.rebuild(folder)
+    assert made.arrays == len(manifest["left_out"]["params.npz"])
+    assert runner(folder, tmp_path / "r.json").returncode == 0  # every digest checked again by the runner
 
 
 def test_seeded_weights_drawn_differently_refuse_the_rebuild(left_out, tmp_path):
