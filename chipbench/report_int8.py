@@ -6,6 +6,12 @@ is still slower than fp32 on the same backend, scenario and device, measured by 
 themselves (their p50s), not by the search's quick timing, by more than ON_PAR; or when no
 configuration passes the gate. Within ON_PAR it is on par: no speed to gain from int8.
 
+Where the cells say int8 is slower but the search's paired timing says it is faster by more than
+ON_PAR, the two disagree and neither is a loss: the search timed the chosen configuration and
+fp32 round-robin in one process (the same clock for both), the two cells ran in two processes,
+whose clocks differ by up to 2x on a shared host. The finding gives both and points to
+`--repeat 3` and `compare`, which settle it.
+
 ON_PAR = 5 %: two cells are two processes, and on a shared host one process's clock differs
 from the next's by far more than that (chipbench.speed: up to 1.6x), so a difference this
 small between two single cells is no evidence either way (measure with `--repeat 3` and
@@ -56,6 +62,11 @@ def int8_findings(records: list[RunRecord]) -> list[Int8Finding]:
             loses, text = False, (f"on par with fp32 (within {ON_PAR:.0%}, closer than two single cells can tell "
                                   f"apart: `--repeat 3` and `compare` resolve it): no speed to gain from int8 here; "
                                   + q["why"])
+        elif speedup is not None and speedup < 1 and (paired := _paired_speedup(q)) and paired >= 1 + ON_PAR:
+            loses, text = False, (f"undecided between processes: these two cells, {r.latency.median:.3g} ms against "
+                                  f"fp32 {base.latency.median:.3g} ms, ran in two processes, while the search timed "
+                                  f"{q.get('executed')} round-robin with fp32 in one process at {paired:.2f}× fp32's "
+                                  f"speed; not a loss (`--repeat 3` and `compare` settle it); " + q["why"])
         elif speedup is not None and speedup < 1:
             chosen = next((a for a in alternatives if a.get("name") == q.get("executed")), {})
             searched = (f" ({chosen['p50_ms']:.3g} ms against fp32 {q['fp32_p50_ms']:.3g} ms)"
@@ -70,6 +81,13 @@ def int8_findings(records: list[RunRecord]) -> list[Int8Finding]:
         out.append(Int8Finding(r.workload["name"], r.backend["name"], q.get("executed") or "–",
                                len(alternatives), speedup, loses, text))
     return sorted(out, key=lambda f: (f.workload, f.backend))
+
+
+def _paired_speedup(q: dict) -> float | None:
+    """fp32's p50 over the executed configuration's, both from the search's round-robin timing
+    in one process; None when the search did not time both."""
+    chosen = next((a for a in q.get("alternatives") or [] if a.get("name") == q.get("executed")), {})
+    return q["fp32_p50_ms"] / chosen["p50_ms"] if chosen.get("p50_ms") and q.get("fp32_p50_ms") else None
 
 
 def _key(r: RunRecord) -> tuple:

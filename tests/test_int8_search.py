@@ -190,8 +190,14 @@ def test_int8_cell_records_the_configuration_it_ran_and_why():
     slow = copy.deepcopy(rec)
     slow.latency = dataclasses.replace(slow.latency, median=fp32.latency.median * 2)
     slow.quantization["loss_reason"] = "slower in int8 (per-op sum fp32 -> int8): quantize/dequantize 0 -> 1 ms"
+    chosen = next(a for a in slow.quantization["alternatives"] if a["name"] == q["executed"])
+    chosen["p50_ms"] = slow.quantization["fp32_p50_ms"] * 1.5  # the search's paired timing agrees: slower
     [finding] = int8_findings([fp32, slow])
     assert finding.loses and finding.speedup == pytest.approx(0.5) and "quantize/dequantize" in finding.text
+    # two processes against one: where the paired timing has int8 faster, the cells decide nothing
+    chosen["p50_ms"] = slow.quantization["fp32_p50_ms"] / 2
+    [finding] = int8_findings([fp32, slow])
+    assert not finding.loses and finding.text.startswith("undecided between processes") and "2.00× fp32" in finding.text
     par = copy.deepcopy(rec)
     par.latency = dataclasses.replace(par.latency, median=fp32.latency.median * 1.03)
     [finding] = int8_findings([fp32, par])
