@@ -36,6 +36,7 @@ from chipbench.quiet import default_quiet_cores, try_sample
 
 Arrays = dict[str, np.ndarray]
 SEARCH_VERSION = 3  # bump when the search's method changes (part of the cache key)
+TIMED_ON = "ort-cpu"  # the backend whose timing the search's p50s are (ONNX Runtime's CPU EP)
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ class SearchResult:
                 "passed_gate": passed, "beats_fp32": beats, "why": why,
                 "loss_reason": None if beats else self.loss_reason, "fp32_p50_ms": self.fp32_p50_ms,
                 "alternatives": [m.to_dict() for m in self.alternatives], "search_s": round(self.search_s, 3),
-                "cached": self.cached, "method": self.method}
+                "cached": self.cached, "method": self.method, "timed_on": TIMED_ON}
 
 
 def _machine_key() -> dict[str, Any]:

@@ -62,7 +62,7 @@ def int8_findings(records: list[RunRecord]) -> list[Int8Finding]:
             loses, text = False, (f"on par with fp32 (within {ON_PAR:.0%}, closer than two single cells can tell "
                                   f"apart: `--repeat 3` and `compare` resolve it): no speed to gain from int8 here; "
                                   + q["why"])
-        elif speedup is not None and speedup < 1 and (paired := _paired_speedup(q)) and paired >= 1 + ON_PAR:
+        elif speedup is not None and speedup < 1 and (paired := _paired_speedup(q, r)) and paired >= 1 + ON_PAR:
             loses, text = False, (f"undecided between processes: these two cells, {r.latency.median:.3g} ms against "
                                   f"fp32 {base.latency.median:.3g} ms, ran in two processes, while the search timed "
                                   f"{q.get('executed')} round-robin with fp32 in one process at {paired:.2f}× fp32's "
@@ -72,9 +72,8 @@ def int8_findings(records: list[RunRecord]) -> list[Int8Finding]:
             searched = (f" ({chosen['p50_ms']:.3g} ms against fp32 {q['fp32_p50_ms']:.3g} ms)"
                         if chosen.get("p50_ms") and q.get("fp32_p50_ms") else "")
             reason = q.get("loss_reason") or (
-                f"the search's quick timing on ONNX Runtime had it faster than fp32{searched}, but this timed cell, "
-                f"{r.latency.median:.3g} ms against {base.latency.median:.3g} ms, is the measurement: "
-                f"the search's timing did not predict it")
+                f"this timed cell, {r.latency.median:.3g} ms against {base.latency.median:.3g} ms, is the measurement; "
+                f"the search timed it on ONNX Runtime{searched}")
             loses, text = True, f"int8 loses to fp32 with the fastest passing configuration; {reason}"
         else:
             loses, text = False, q["why"]
@@ -83,9 +82,12 @@ def int8_findings(records: list[RunRecord]) -> list[Int8Finding]:
     return sorted(out, key=lambda f: (f.workload, f.backend))
 
 
-def _paired_speedup(q: dict) -> float | None:
+def _paired_speedup(q: dict, r: RunRecord) -> float | None:
     """fp32's p50 over the executed configuration's, both from the search's round-robin timing
-    in one process; None when the search did not time both."""
+    in one process on the cell's own backend; None when the search timed them on another backend
+    (`timed_on`) or did not time both."""
+    if q.get("timed_on") != r.backend["name"]:
+        return None
     chosen = next((a for a in q.get("alternatives") or [] if a.get("name") == q.get("executed")), {})
     return q["fp32_p50_ms"] / chosen["p50_ms"] if chosen.get("p50_ms") and q.get("fp32_p50_ms") else None
 

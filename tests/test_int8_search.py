@@ -198,6 +198,12 @@ def test_int8_cell_records_the_configuration_it_ran_and_why():
     chosen["p50_ms"] = slow.quantization["fp32_p50_ms"] / 2
     [finding] = int8_findings([fp32, slow])
     assert not finding.loses and finding.text.startswith("undecided between processes") and "2.00× fp32" in finding.text
+    # the search times on ONNX Runtime: its timing says nothing of another backend's two cells
+    on_other, fp32_other = copy.deepcopy(slow), copy.deepcopy(fp32)
+    for r in (on_other, fp32_other):
+        r.backend = {**r.backend, "name": "openvino-cpu"}
+    [finding] = int8_findings([fp32_other, on_other])
+    assert finding.loses and q["timed_on"] == "ort-cpu"
     par = copy.deepcopy(rec)
     par.latency = dataclasses.replace(par.latency, median=fp32.latency.median * 1.03)
     [finding] = int8_findings([fp32, par])
