@@ -338,7 +338,7 @@ def _measure(cell, prep: Preparation, compiled: Compiled, ran: dict, compile_inf
                        resources=log.to_dict(ran["provenance"].get("device")))
 
 
-def die_with_parent() -> None:
+def die_with_parent(pdeathsig: bool = True) -> None:
     """Take this cell (and everything it started) down when the sweep that started it dies.
 
     The runner puts each cell in a process group of its own and names itself in
@@ -346,12 +346,14 @@ def die_with_parent() -> None:
     and no GIL) waits for the parent to go and then kills the whole group: it works however the
     parent died (SIGKILL included) and whatever the cell is doing, a long native call in TVM,
     nvcc or ONNX Runtime included, and takes the cell's own children with it. On Linux the
-    kernel also kills the cell itself at once (prctl PR_SET_PDEATHSIG, SIGKILL). When the cell
-    ends normally, the runner kills its group, watchdog included."""
+    kernel also kills the cell itself at once (prctl PR_SET_PDEATHSIG, SIGKILL; `pdeathsig`
+    False leaves it out: the kernel ties it to the parent's *thread*, and a fork server may be
+    started from a runner's worker thread). When the cell ends normally, the runner kills its
+    group, watchdog included."""
     parent = int(os.environ.get("CHIPBENCH_PARENT_PID", "0") or 0)
     if not parent:
         return
-    if sys.platform.startswith("linux"):
+    if pdeathsig and sys.platform.startswith("linux"):
         import ctypes
 
         pr_set_pdeathsig = 1  # <linux/prctl.h>

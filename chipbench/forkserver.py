@@ -52,9 +52,8 @@ its own server, hence a fresh address-space layout.
 
 The server dies with the runner: on stdin EOF (the runner's end closes when it exits, however
 it dies) it kills its live children's groups and exits, and a shell watchdog in its group kills
-it when the runner's pid is gone (the mechanism of chipbench.cell.die_with_parent, without
-PR_SET_PDEATHSIG, which follows the runner's *thread* and the runner may start a server from a
-worker thread). Each child names the server in CHIPBENCH_PARENT_PID, so it dies with the server.
+it when the runner's pid is gone (chipbench.cell.die_with_parent, without PR_SET_PDEATHSIG,
+which follows the runner's *thread* and the runner may start a server from a worker thread). Each child names the server in CHIPBENCH_PARENT_PID, so it dies with the server.
 """
 
 from __future__ import annotations
@@ -64,7 +63,6 @@ import json
 import os
 import selectors
 import signal
-import subprocess
 import sys
 import traceback
 
@@ -85,19 +83,6 @@ def preload(names: tuple[str, ...] = PRELOAD) -> list[str]:
             continue
         loaded.append(name)
     return loaded
-
-
-def watch_runner() -> None:
-    """Kill this server's process group when the runner (CHIPBENCH_PARENT_PID) is gone: a shell
-    loop in the group, as chipbench.cell.die_with_parent uses for cells."""
-    parent = int(os.environ.get(PARENT_ENV, "0") or 0)
-    if not parent:
-        return
-    group = os.getpgrp()
-    subprocess.Popen(["sh", "-c", f"while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; kill -KILL -{group}"],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if os.getppid() != parent:
-        os.killpg(group, signal.SIGKILL)
 
 
 def _child(request: dict, server_pid: int, close_fds: list[int]) -> None:
@@ -247,9 +232,11 @@ class _Server:
 
 def main() -> int:
     """Entry point: `python -P -m chipbench.forkserver` (requests on stdin, answers on stdout)."""
-    watch_runner()
     answers = os.dup(1)  # the runner's pipe carries answers only: what libraries print goes to stderr
     os.dup2(2, 1)
+    from chipbench.cell import die_with_parent  # the first module preload() imports anyway
+
+    die_with_parent(pdeathsig=False)  # PR_SET_PDEATHSIG would follow the runner's thread, not the runner
     preloaded = preload()
     try:
         return _Server(preloaded, answers).serve()
