@@ -55,7 +55,8 @@ def int8_findings(records: list[RunRecord]) -> list[Int8Finding]:
         speedup = base.latency.median / r.latency.median if base else None
         alternatives = q.get("alternatives") or []
         if alternatives and not q.get("passed_gate"):
-            loses, text = True, (q["why"] + _first_failure(alternatives, q.get("executed"))
+            failure = _executed(q).get("gate_failure")
+            loses, text = True, (q["why"] + (f" ({failure})" if failure else "")
                                  + (f"; and slower than fp32: {q['loss_reason']}"
                                     if speedup is not None and speedup < 1 and q.get("loss_reason") else ""))
         elif speedup is not None and speedup >= 1 / (1 + ON_PAR) and speedup < 1:
@@ -68,9 +69,8 @@ def int8_findings(records: list[RunRecord]) -> list[Int8Finding]:
                                   f"{q.get('executed')} round-robin with fp32 in one process at {paired:.2f}× fp32's "
                                   f"speed; not a loss (`--repeat 3` and `compare` settle it); " + q["why"])
         elif speedup is not None and speedup < 1:
-            chosen = next((a for a in alternatives if a.get("name") == q.get("executed")), {})
-            searched = (f" ({chosen['p50_ms']:.3g} ms against fp32 {q['fp32_p50_ms']:.3g} ms)"
-                        if chosen.get("p50_ms") and q.get("fp32_p50_ms") else "")
+            timed = _searched_ms(q)
+            searched = f" ({timed[0]:.3g} ms against fp32 {timed[1]:.3g} ms)" if timed else ""
             reason = q.get("loss_reason") or (
                 f"this timed cell, {r.latency.median:.3g} ms against {base.latency.median:.3g} ms, is the measurement; "
                 f"the search timed it on ONNX Runtime{searched}")
@@ -82,20 +82,24 @@ def int8_findings(records: list[RunRecord]) -> list[Int8Finding]:
     return sorted(out, key=lambda f: (f.workload, f.backend))
 
 
+def _executed(q: dict) -> dict:
+    """The search's measurement of the configuration the cell ran ({} when it has none)."""
+    return next((a for a in q.get("alternatives") or [] if a.get("name") == q.get("executed")), {})
+
+
+def _searched_ms(q: dict) -> tuple[float, float] | None:
+    """(the executed configuration's p50, fp32's p50) in ms, from the search's round-robin timing
+    in one process; None when it did not time both."""
+    ms = _executed(q).get("p50_ms")
+    return (ms, q["fp32_p50_ms"]) if ms and q.get("fp32_p50_ms") else None
+
+
 def _paired_speedup(q: dict, r: RunRecord) -> float | None:
-    """fp32's p50 over the executed configuration's, both from the search's round-robin timing
-    in one process on the cell's own backend; None when the search timed them on another backend
-    (`timed_on`) or did not time both."""
-    if q.get("timed_on") != r.backend["name"]:
-        return None
-    chosen = next((a for a in q.get("alternatives") or [] if a.get("name") == q.get("executed")), {})
-    return q["fp32_p50_ms"] / chosen["p50_ms"] if chosen.get("p50_ms") and q.get("fp32_p50_ms") else None
+    """fp32's p50 over the executed configuration's in the search's timing, when the search timed
+    them on the cell's own backend (`timed_on`); else None."""
+    timed = _searched_ms(q) if q.get("timed_on") == r.backend["name"] else None
+    return timed[1] / timed[0] if timed else None
 
 
 def _key(r: RunRecord) -> tuple:
     return (r.workload["name"], r.backend["name"], r.scenario["name"], r.device_id, r.batch)
-
-
-def _first_failure(alternatives: list[dict], name: str | None) -> str:
-    mine = next((a for a in alternatives if a.get("name") == name), None)
-    return f" ({mine['gate_failure']})" if mine and mine.get("gate_failure") else ""
