@@ -309,9 +309,8 @@ def rebuild(folder: Path, pools: Pools | None = None) -> Rebuilt:
         others = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
         raise RebuildError(f"{folder.name}: array {describe_array(member, entry)} of {name}{others} of the "
                            f"{sum(map(len, missing.values()))} left out {'are' if others else 'is'} not reproduced "
-                           f"here (sha256 "
-                           f"{entry['sha256'][:16]}... found in no rebuilt weight; torch {here['torch']} here, "
-                           f"{there.get('torch')} on the compiling host)")
+                           f"here (sha256 {entry['sha256'][:16]}... found in no rebuilt weight; torch "
+                           f"{here['torch']} here, {there.get('torch')} on the compiling host)")
     written = [(name, {member: pool[entry["sha256"]] for member, entry in members.items()})
                for name, members in missing.items()]
     out.mkdir(exist_ok=True)
